@@ -1,0 +1,217 @@
+"""The ``bench`` command line: a thin click group; each command is a docstring plus a library call.
+
+Commands import torch inside their bodies so that ``bench --help`` is instant.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from bench.cli.options import (artifacts_root, data_root_option, db_option, profile_option, set_option,
+                               storage_for, sweep_name_option, workspace_option)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="bdbench")
+def main() -> None:
+    """bdbench: run grids of backdoor attacks x defenses, store every result in SQL, report paper tables."""
+
+
+def _load(file: str, sets, profile):
+    from bench.config import ConfigError
+    from bench.graph import build_graph
+    from bench.sweep import load_sweep
+
+    try:
+        sweep = load_sweep(file, sets, profile)
+        graph = build_graph(sweep.cells)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="'SWEEP'") from None
+    return sweep, graph
+
+
+@main.command()
+@click.argument("file", metavar="SWEEP", type=click.Path(dir_okay=False))
+@set_option
+@profile_option
+@workspace_option
+@db_option
+@data_root_option
+@click.option("--dry-run", is_flag=True, help="Print the jobs per stage and how many are cached; run nothing.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes: default one per GPU, else 1 on CPU; 0 runs jobs in this process.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("--retry-failed", is_flag=True, help="Run jobs that failed in an earlier run again.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def sweep(file, sets, profile, workspace, db_url, data_root, dry_run, workers, device, retry_failed, progress):
+    """Run every cell of a sweep file (cached jobs are skipped).
+
+    Exit code 0 when every job succeeded, 1 when any failed, 2 for bad input (nothing is written then).
+    """
+    sw, graph = _load(file, sets, profile)
+    if dry_run:
+        _dry_run(sw, graph, workspace, db_url)
+        return
+    from bench.results import cells_frame, summary_table
+    from bench.runner import RunOptions, install_sigterm, run_sweep
+
+    storage = storage_for(workspace, db_url)
+    install_sigterm()
+    opts = RunOptions(workers=workers, device=device, retry_failed=retry_failed, data_root=data_root,
+                      progress=progress)
+    click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {len(graph.jobs)} jobs "
+               f"(scale: {sw.scale}{', profile ' + sw.profile if sw.profile else ''})")
+    summary = run_sweep(sw, storage, artifacts_root(workspace), opts)
+    table = summary_table(cells_frame(storage, sw.name))
+    if not table.empty:
+        click.echo(table.to_string(index=False))
+    click.echo(f"{summary.ran} jobs ran, {summary.cached} cached, {len(summary.failed)} failed, "
+               f"{summary.blocked} skipped (ancestor failed)")
+    for f in summary.failed:
+        click.echo(f"  failed: {f['stage']} {f['plugin']} {f['key'][:12]}  {f['error']}  "
+                   f"(bench show {f['key'][:12]})")
+    sys.exit(0 if summary.ok else 1)
+
+
+def _dry_run(sw, graph, workspace: Path, db_url: str | None) -> None:
+    states = {}
+    if db_url or (workspace / "bench.db").exists():
+        states = storage_for(workspace, db_url, create=False).job_states(graph.jobs)
+    click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells (scale: {sw.scale})")
+    for stage, jobs in graph.by_stage().items():
+        cached = sum(1 for j in jobs if j.key in states and states[j.key].state == "done")
+        click.echo(f"  {stage:<9} {len(jobs):>6} jobs  {cached:>6} cached  {len(jobs) - cached:>6} to run")
+
+
+@main.command(name="ls")
+@workspace_option
+@db_option
+def ls_(workspace, db_url):
+    """List sweeps and their progress (cells done / failed / running / pending)."""
+    storage = storage_for(workspace, db_url, create=False)
+    rows = storage.sweeps()
+    if not rows:
+        click.echo("no sweeps yet")
+    for r in rows:
+        click.echo(f"{r['name']:<24} {r['done']:>5}/{r['cells']:<5} done  {r['failed']:>4} failed  "
+                   f"{r['running']:>3} running  {r['pending']:>5} pending  scale={r['scale']}  {r['file']}")
+
+
+@main.command()
+@click.argument("key")
+@workspace_option
+@db_option
+@click.option("--traceback/--no-traceback", default=True, help="Print stored tracebacks of failed runs.")
+def show(key, workspace, db_url, traceback):
+    """Show a job (a key or unique key prefix): resolved config, parents, metrics and run history."""
+    storage = storage_for(workspace, db_url, create=False)
+    matches = storage.find_jobs(key)
+    if len(matches) != 1:
+        raise click.BadParameter(f"{len(matches)} jobs match {key!r}" + (": " + ", ".join(m[:16] for m in matches)
+                                 if matches else ""), param_hint="'KEY'")
+    d = storage.job_detail(matches[0])
+    click.echo(f"{d['stage']} job {d['key']}  plugin={d['plugin']} v{d['version']}  state={d['state']}")
+    for p in d["parents"]:
+        click.echo(f"  parent {p['stage']:<8} {p['key'][:16]}  {p['plugin']}  {p['state']}")
+    click.echo("config: " + json.dumps(d["config"], indent=2, sort_keys=True))
+    for kind, path, size in d["artifacts"]:
+        click.echo(f"artifact {kind}: {path} ({size} bytes)")
+    for r in d["runs"]:
+        click.echo(f"run #{r['attempt']} {r['status']}  host={r['host']} device={r['device']} "
+                   f"worker={r['worker']} duration={_fmt(r['duration_s'])}s peak_mem={_fmt(r['peak_mem_mb'])}MB "
+                   f"git={(r['git'] or '-')[:10]}{'+dirty' if r['dirty'] else ''} torch={r['torch']}")
+        for (name, subset), (value, count) in sorted(r["metrics"].items()):
+            click.echo(f"    {name:<18} {subset:<8} {_fmt(value)}" + (f"  (n={count})" if count is not None else ""))
+        if r["error"]:
+            click.echo(f"    error: {r['error']}")
+            if traceback and r["traceback"]:
+                click.echo("    " + r["traceback"].rstrip().replace("\n", "\n    "))
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+@main.command()
+@sweep_name_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file (default: stdout; parquet needs one).")
+@workspace_option
+@db_option
+def export(sweep_name, fmt, out, workspace, db_url):
+    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config)."""
+    from bench.results import cells_frame
+
+    storage = storage_for(workspace, db_url, create=False)
+    if sweep_name and sweep_name not in storage.sweep_names():
+        from bench.config import closest
+        raise click.BadParameter(f"no sweep {sweep_name!r}; {closest(sweep_name, storage.sweep_names())}",
+                                 param_hint="'--sweep'")
+    frame = cells_frame(storage, sweep_name)
+    if fmt == "parquet":
+        if not out:
+            raise click.BadParameter("parquet needs --out FILE", param_hint="'--out'")
+        frame.to_parquet(out, index=False)
+    elif fmt == "json":
+        text = frame.to_json(orient="records", indent=1)
+        Path(out).write_text(text) if out else click.echo(text)
+    else:
+        text = frame.to_csv(index=False)
+        Path(out).write_text(text) if out else click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("kind", required=False, type=click.Choice(["dataset", "model", "recipe", "attack", "defense"]))
+def plugins(kind):
+    """List registered datasets, models, recipes, attacks and defenses with their options and defaults."""
+    from bench.config import defaults_of
+    from bench.registry import REGISTRIES
+
+    for k, reg in REGISTRIES.items():
+        if kind and k != kind:
+            continue
+        click.echo(f"{k}s:")
+        for e in reg.entries():
+            extra = ""
+            if k == "defense":
+                extra = f"  [{e.obj.paradigm}; needs {', '.join(sorted(e.obj.needs)) or 'nothing'}]"
+            summary = e.doc.splitlines()[0] if e.doc else ""
+            click.echo(f"  {e.name} (v{e.version}, '{e.display_name}'){extra}  {summary}")
+            for field_name, (tp, default) in defaults_of(e.config).items():
+                if isinstance(e.obj, e.config):
+                    default = getattr(e.obj, field_name)
+                click.echo(f"      {field_name}: {tp} = {json.dumps(default, default=str)}")
+
+
+@main.group()
+def db():
+    """Database maintenance."""
+
+
+@db.command()
+@workspace_option
+@db_option
+def upgrade(workspace, db_url):
+    """Bring a database to this bdbench's schema version."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from bench.db.models import SCHEMA_VERSION
+    from bench.db.storage import default_url
+
+    url = db_url or default_url(workspace)
+    engine = create_engine(url)
+    if "meta" not in inspect(engine).get_table_names():
+        raise click.ClickException(f"{url}: not a bdbench database")
+    with engine.connect() as c:
+        found = int(c.execute(text("select value from meta where key='schema_version'")).scalar() or 0)
+    if found == SCHEMA_VERSION:
+        click.echo(f"{url}: already at schema version {SCHEMA_VERSION}")
+        return
+    raise click.ClickException(f"{url}: no upgrade path from schema version {found} to {SCHEMA_VERSION}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,388 @@
+"""The one interface to the database (Optuna-storage style).
+
+Contract: every method opens its own ``session_scope`` (commit, rollback, close); returned values are plain
+dataclasses, dicts or DataFrames, never live ORM rows; uniqueness is enforced by the schema, and the claim of a
+job is a compare-and-swap ``UPDATE`` so two processes (or machines) sharing a database never run one job twice.
+SQLite (file, WAL, busy timeout) by default; any SQLAlchemy URL (PostgreSQL for shared use) works.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench.db.models import (SCHEMA_VERSION, ArtifactRow, Base, BaselineRow, BaselineValueRow, CellRow,
+                             CurveRow, JobRow, Meta, MetricRow, RunRow, SweepRow)
+from bench.store import ArtifactRecord
+
+
+class SchemaMismatch(RuntimeError):
+    """The database was written by another schema version (the message names the fix)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def default_url(workspace: str | os.PathLike) -> str:
+    return f"sqlite:///{os.path.abspath(os.path.join(workspace, 'bench.db'))}"
+
+
+@dataclass(frozen=True)
+class JobState:
+    key: str
+    stage: str
+    state: str
+    owner: str | None
+    heartbeat: datetime | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts about the process and code that ran a job (stored with every run)."""
+
+    worker: str
+    device: str
+    host: str
+    pid: int
+    git_commit: str | None
+    git_dirty: bool | None
+    python_version: str
+    torch_version: str
+    bench_version: str
+
+
+class Storage:
+    def __init__(self, url: str, create: bool = True):
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60}
+        self.engine = create_engine(url, future=True, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._check_schema(create)
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        session = self._session()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _check_schema(self, create: bool) -> None:
+        from sqlalchemy import inspect
+
+        tables = set(inspect(self.engine).get_table_names())
+        if not tables and create:
+            Base.metadata.create_all(self.engine)
+            with contextlib.suppress(IntegrityError), self.session_scope() as s:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        if "meta" not in tables:
+            raise SchemaMismatch(f"{self.url}: not a bdbench database (no 'meta' table)")
+        with self.session_scope() as s:
+            row = s.get(Meta, "schema_version")
+            found = int(row.value) if row else None
+        if found != SCHEMA_VERSION:
+            raise SchemaMismatch(f"{self.url}: database schema version {found}, this bdbench needs "
+                                 f"{SCHEMA_VERSION}; run 'bench db upgrade --db {self.url}'")
+        Base.metadata.create_all(self.engine)  # tables added without a version bump (none so far)
+
+    # -- sweeps, cells and jobs ----------------------------------------------------------------------------
+    def register_sweep(self, name: str, file: str, profile: str | None, scale: str, document: dict,
+                       jobs: Iterable[Any], cells: list[tuple[dict, dict, str]]) -> int:
+        """Insert the sweep (or update it), its missing jobs and its cell list; returns the sweep id.
+
+        ``jobs`` are graph jobs (parents first); ``cells`` are (labels, config, evaluate key) per cell.
+        Existing jobs, runs and metrics are never touched.
+        """
+        now = utcnow()
+        jobs = list(jobs)
+        with self.session_scope() as s:
+            have = set(s.scalars(select(JobRow.key).where(JobRow.key.in_([j.key for j in jobs]))))
+            for j in jobs:
+                if j.key not in have:
+                    s.add(JobRow(key=j.key, stage=j.stage, parent_key=j.parent, plugin=j.plugin,
+                                 plugin_version=j.version, config=j.config, created_at=now, state="pending",
+                                 attempts=0))
+                    s.flush()
+            row = s.scalars(select(SweepRow).where(SweepRow.name == name)).first()
+            if row is None:
+                row = SweepRow(name=name, file=file, profile=profile, scale=scale, document=document,
+                               created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+            else:
+                row.file, row.profile, row.scale, row.document, row.updated_at = file, profile, scale, document, now
+            s.execute(delete(CellRow).where(CellRow.sweep_id == row.id))
+            for pos, (labels, config, key) in enumerate(cells):
+                s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config))
+            return row.id
+
+    def job_states(self, keys: Iterable[str]) -> dict[str, JobState]:
+        keys = list(keys)
+        out: dict[str, JobState] = {}
+        with self.session_scope() as s:
+            for chunk in range(0, len(keys), 500):
+                for r in s.scalars(select(JobRow).where(JobRow.key.in_(keys[chunk:chunk + 500]))):
+                    out[r.key] = JobState(r.key, r.stage, r.state, r.owner, r.heartbeat, r.attempts)
+        return out
+
+    def try_claim(self, key: str, owner: str, info: RunInfo, retry_failed: bool,
+                  is_stale: Callable[[JobState], bool]) -> int | None:
+        """Claim a job for ``owner`` by compare-and-swap; return the new attempt number, or None if taken.
+
+        Claimable: pending; failed (with ``retry_failed``); running but stale (its owner is dead or silent).
+        The previous running attempt of a stale job is marked 'abandoned'.
+        """
+        with self.session_scope() as s:
+            r = s.get(JobRow, key)
+            if r is None:
+                return None
+            st = JobState(r.key, r.stage, r.state, r.owner, r.heartbeat, r.attempts)
+            ok = st.state == "pending" or (st.state == "failed" and retry_failed) or (
+                st.state == "running" and is_stale(st))
+            if not ok:
+                return None
+            now = utcnow()
+            res = s.execute(update(JobRow).where(
+                JobRow.key == key, JobRow.state == st.state, JobRow.attempts == st.attempts,
+                (JobRow.owner == st.owner) if st.owner is not None else JobRow.owner.is_(None),
+            ).values(state="running", owner=owner, heartbeat=now, attempts=st.attempts + 1)
+                .execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                return None
+            s.execute(update(RunRow).where(RunRow.job_key == key, RunRow.status == "running")
+                      .values(status="abandoned", finished_at=now, error="owner died or went silent"))
+            attempt = st.attempts + 1
+            s.add(RunRow(job_key=key, attempt=attempt, status="running", started_at=now, worker=info.worker,
+                         device=info.device, host=info.host, pid=info.pid, git_commit=info.git_commit,
+                         git_dirty=info.git_dirty, python_version=info.python_version,
+                         torch_version=info.torch_version, bench_version=info.bench_version))
+            return attempt
+
+    def heartbeat(self, keys: Iterable[str], owner: str) -> None:
+        keys = list(keys)
+        if keys:
+            with self.session_scope() as s:
+                s.execute(update(JobRow).where(JobRow.key.in_(keys), JobRow.owner == owner,
+                                               JobRow.state == "running").values(heartbeat=utcnow()))
+
+    def _run(self, s: Session, key: str, attempt: int) -> RunRow:
+        return s.scalars(select(RunRow).where(RunRow.job_key == key, RunRow.attempt == attempt)).one()
+
+    def finish_run(self, key: str, attempt: int, owner: str, artifacts: list[ArtifactRecord],
+                   metrics: list[tuple[str, str, float | None, int | None]], curves: list[dict],
+                   device: str | None, peak_mem_mb: float | None, duration_s: float) -> None:
+        """Record a success in one transaction: artifacts, metrics, curves, run status and job state."""
+        with self.session_scope() as s:
+            run = self._run(s, key, attempt)
+            for a in artifacts:
+                s.execute(delete(ArtifactRow).where(ArtifactRow.job_key == key, ArtifactRow.kind == a.kind))
+                s.add(ArtifactRow(job_key=key, kind=a.kind, path=a.path, sha256=a.sha256, bytes=a.bytes))
+            for name, subset, value, count in metrics:
+                s.add(MetricRow(run_id=run.id, name=name, subset=subset, value=_finite(value), count=count))
+            for row in curves:
+                step = int(row["step"])
+                for name, value in row.items():
+                    if name != "step":
+                        s.add(CurveRow(run_id=run.id, step=step, name=name, value=_finite(value)))
+            now = utcnow()
+            run.status, run.finished_at, run.duration_s = "succeeded", now, duration_s
+            run.peak_mem_mb, run.device = peak_mem_mb, device or run.device
+            s.execute(update(JobRow).where(JobRow.key == key).values(state="done", owner=None, heartbeat=now))
+
+    def fail_run(self, key: str, attempt: int, error: str, traceback: str, duration_s: float | None) -> None:
+        with self.session_scope() as s:
+            run = self._run(s, key, attempt)
+            run.status, run.finished_at, run.duration_s = "failed", utcnow(), duration_s
+            run.error, run.traceback = error[:2000], traceback
+            s.execute(update(JobRow).where(JobRow.key == key).values(state="failed", owner=None))
+
+    def release(self, key: str, attempt: int, reason: str) -> None:
+        """Give a claimed job back (interrupted before it finished): its run is abandoned, the job pending."""
+        with self.session_scope() as s:
+            run = self._run(s, key, attempt)
+            run.status, run.finished_at, run.error = "abandoned", utcnow(), reason
+            s.execute(update(JobRow).where(JobRow.key == key, JobRow.state == "running")
+                      .values(state="pending", owner=None))
+
+    def reset_jobs(self, keys: Iterable[str]) -> None:
+        """Mark done jobs whose artifacts are missing or corrupt as pending again (they will re-run)."""
+        keys = list(keys)
+        if keys:
+            with self.session_scope() as s:
+                s.execute(update(JobRow).where(JobRow.key.in_(keys)).values(state="pending", owner=None))
+                s.execute(delete(ArtifactRow).where(ArtifactRow.job_key.in_(keys)))
+
+    def artifacts(self, keys: Iterable[str]) -> dict[str, dict[str, ArtifactRecord]]:
+        keys = list(keys)
+        out: dict[str, dict[str, ArtifactRecord]] = {k: {} for k in keys}
+        with self.session_scope() as s:
+            for chunk in range(0, len(keys), 500):
+                for a in s.scalars(select(ArtifactRow).where(ArtifactRow.job_key.in_(keys[chunk:chunk + 500]))):
+                    out[a.job_key][a.kind] = ArtifactRecord(a.kind, a.path, a.sha256, a.bytes)
+        return out
+
+    # -- reads for the CLI and reports ---------------------------------------------------------------------
+    def sweeps(self) -> list[dict[str, Any]]:
+        """Every sweep with its cell count and progress (cells done / failed / pending)."""
+        out = []
+        with self.session_scope() as s:
+            for sw in s.scalars(select(SweepRow).order_by(SweepRow.id)):
+                rows = s.execute(select(JobRow.state, func.count()).join(CellRow, CellRow.job_key == JobRow.key)
+                                 .where(CellRow.sweep_id == sw.id).group_by(JobRow.state)).all()
+                counts = {state: n for state, n in rows}
+                out.append({"name": sw.name, "file": sw.file, "profile": sw.profile, "scale": sw.scale,
+                            "cells": sum(counts.values()), "done": counts.get("done", 0),
+                            "failed": counts.get("failed", 0), "running": counts.get("running", 0),
+                            "pending": counts.get("pending", 0), "updated": sw.updated_at})
+        return out
+
+    def find_jobs(self, prefix: str) -> list[str]:
+        with self.session_scope() as s:
+            return list(s.scalars(select(JobRow.key).where(JobRow.key.like(f"{prefix}%")).limit(10)))
+
+    def job_detail(self, key: str) -> dict[str, Any]:
+        """Resolved config, parent chain, runs (with errors) and metrics of one job."""
+        with self.session_scope() as s:
+            job = s.get(JobRow, key)
+            if job is None:
+                raise KeyError(key)
+            runs = []
+            for r in s.scalars(select(RunRow).where(RunRow.job_key == key).order_by(RunRow.attempt)):
+                ms = s.scalars(select(MetricRow).where(MetricRow.run_id == r.id)).all()
+                runs.append({"attempt": r.attempt, "status": r.status, "host": r.host, "device": r.device,
+                             "worker": r.worker, "started": r.started_at, "duration_s": r.duration_s,
+                             "peak_mem_mb": r.peak_mem_mb, "git": r.git_commit, "dirty": r.git_dirty,
+                             "torch": r.torch_version, "error": r.error, "traceback": r.traceback,
+                             "metrics": {(m.name, m.subset): (m.value, m.count) for m in ms}})
+            chain, cur = [], job.parent_key
+            while cur:
+                p = s.get(JobRow, cur)
+                chain.append({"key": p.key, "stage": p.stage, "plugin": p.plugin, "state": p.state})
+                cur = p.parent_key
+            arts = [(a.kind, a.path, a.bytes) for a in s.scalars(select(ArtifactRow).where(ArtifactRow.job_key == key))]
+            return {"key": job.key, "stage": job.stage, "plugin": job.plugin, "version": job.plugin_version,
+                    "state": job.state, "config": job.config, "parents": chain, "runs": runs, "artifacts": arts}
+
+    def succeeded_metrics(self, keys: Iterable[str]) -> dict[str, dict[tuple[str, str], tuple[float | None, int | None]]]:
+        """(name, subset) -> (value, count) of the succeeded run of each job."""
+        keys = list(keys)
+        out: dict[str, dict] = {k: {} for k in keys}
+        with self.session_scope() as s:
+            for chunk in range(0, len(keys), 500):
+                q = (select(RunRow.job_key, MetricRow.name, MetricRow.subset, MetricRow.value, MetricRow.count)
+                     .join(MetricRow, MetricRow.run_id == RunRow.id)
+                     .where(RunRow.job_key.in_(keys[chunk:chunk + 500]), RunRow.status == "succeeded"))
+                for k, name, subset, value, count in s.execute(q):
+                    out[k][(name, subset)] = (value, count)
+        return out
+
+    def succeeded_durations(self, keys: Iterable[str]) -> dict[str, float | None]:
+        keys = list(keys)
+        with self.session_scope() as s:
+            return dict(s.execute(select(RunRow.job_key, RunRow.duration_s)
+                                  .where(RunRow.job_key.in_(keys), RunRow.status == "succeeded")).all())
+
+    def cells(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """Cells (with sweep name, labels, config, evaluate key and the keys of the evaluate's ancestors)."""
+        with self.session_scope() as s:
+            q = select(SweepRow.name, SweepRow.scale, SweepRow.profile, CellRow).join(
+                CellRow, CellRow.sweep_id == SweepRow.id)
+            if sweep:
+                q = q.where(SweepRow.name == sweep)
+            rows = s.execute(q.order_by(SweepRow.id, CellRow.position)).all()
+            parents = dict(s.execute(select(JobRow.key, JobRow.parent_key)).all())
+            stages = dict(s.execute(select(JobRow.key, JobRow.stage)).all())
+            states = dict(s.execute(select(JobRow.key, JobRow.state)).all())
+            out = []
+            for name, scale, profile, c in rows:
+                chain, cur = {}, c.job_key
+                while cur:
+                    chain[stages[cur]] = cur
+                    cur = parents.get(cur)
+                out.append({"sweep": name, "scale": scale, "profile": profile, "position": c.position,
+                            "labels": c.labels, "config": c.config, "key": c.job_key, "chain": chain,
+                            "state": states.get(c.job_key)})
+            return out
+
+    def sweep_names(self) -> list[str]:
+        with self.session_scope() as s:
+            return list(s.scalars(select(SweepRow.name).order_by(SweepRow.id)))
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table (tests and ``bench ls --verbose``)."""
+        with self.session_scope() as s:
+            return {t.__tablename__: s.scalar(select(func.count()).select_from(t))
+                    for t in (SweepRow, CellRow, JobRow, RunRow, MetricRow, CurveRow, ArtifactRow,
+                              BaselineRow, BaselineValueRow)}
+
+    def runs_of(self, key: str) -> list[dict[str, Any]]:
+        with self.session_scope() as s:
+            return [{"attempt": r.attempt, "status": r.status, "pid": r.pid}
+                    for r in s.scalars(select(RunRow).where(RunRow.job_key == key).order_by(RunRow.attempt))]
+
+
+def _finite(v: float | None) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return None if v != v or v in (float("inf"), float("-inf")) else v
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def stale_after(grace_s: float) -> Callable[[JobState], bool]:
+    """A running job is stale when its owner process on this host is gone, or its heartbeat is too old."""
+    host = hostname()
+
+    def is_stale(st: JobState) -> bool:
+        if st.owner:
+            owner_host, _, pid = st.owner.rpartition(":")
+            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                return True
+        return st.heartbeat is None or utcnow() - st.heartbeat > timedelta(seconds=grace_s)
+    return is_stale
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed child not yet reaped) still answers kill(0); read its state where /proc exists
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

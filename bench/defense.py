@@ -1,0 +1,121 @@
+"""The defense interface: one base class, three paradigms, and the context the runner hands a defense.
+
+Paradigms (../shared/DESIGN.md):
+    post_training   input: the backdoored model + the defender's data (a clean subset of the given ratio; D-BR
+                    takes the poisoned training set instead).  Output: a purified model.
+    training_time   input: the poisoned training set; trains from scratch with the cell's model and recipe.
+                    The runner does not train a backdoored model for it.
+    cleansing       input: the poisoned training set; output: per-sample scores/flags (and relabels).  If the
+                    defense returns no model, the runner trains a fresh one on the kept samples (one mechanism,
+                    in bench/stages.py, for every cleansing method).
+A defense declares what it ``needs``; the runner provides exactly that and nothing more.  Ground truth (which
+samples are poisoned) is never in the context: detection metrics are computed by the runner afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Optional
+
+import torch
+from torch import nn
+
+from bench.attack import Trigger
+from bench.data.imageset import DataInfo, ImageSet
+from bench.recipes import Recipe
+
+Paradigm = Literal["post_training", "training_time", "cleansing"]
+NEEDS = frozenset({"backdoored_model", "clean_subset", "poisoned_train", "true_trigger"})
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Fields shared by every defense (each defense's Config subclasses this)."""
+
+
+class Curves:
+    """Per-epoch curves a defense records when the sweep asks for them (``curves: true``)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+
+    def record(self, step: int, **values: float) -> None:
+        if self.enabled:
+            self.rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may use. Fields it did not declare in ``needs`` are None.
+
+    Attributes:
+        info: dataset facts (classes, channels, size, mean/std).
+        model: the backdoored model (post_training), on ``device``, in eval mode.
+        clean: the defender's clean subset (uint8 images + true labels), without its validation slice.
+        clean_val: the held-out validation slice of the clean subset (for early stopping / thresholds).
+        train: the poisoned training set as the defender sees it (images + possibly wrong labels).
+        true_trigger: the attack's own trigger (privileged knowledge, e.g. MCL(True)); marked in reports.
+        recipe: the cell's training recipe; new_model(): a fresh model of the cell's architecture.
+        evaluate(model) -> {"ba", "asr", ...}: test-set metrics, ONLY for recording curves, never for selection.
+    """
+
+    info: DataInfo
+    device: torch.device
+    seed: int
+    recipe: Recipe
+    new_model: Callable[[], nn.Module]
+    curves: Curves
+    model: Optional[nn.Module] = None
+    clean: Optional[ImageSet] = None
+    clean_val: Optional[ImageSet] = None
+    train: Optional[ImageSet] = None
+    true_trigger: Optional[Trigger] = None
+    evaluate: Optional[Callable[[nn.Module], dict[str, float]]] = None
+
+    def generator(self, stream: str = "") -> torch.Generator:
+        """A CPU generator seeded from (cell seed, stream name): independent, reproducible random streams."""
+        import zlib
+
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(stream.encode())) % 2**63)
+
+
+@dataclass
+class DefenseResult:
+    """What a defense returns.
+
+    Attributes:
+        model: the purified / newly trained model (None for a cleansing defense that leaves training to the runner).
+        scores: float [N_train] suspicion per training sample (higher = more likely poisoned).
+        flags: bool [N_train], True = flagged as poisoned (removed before retraining).
+        relabels: int64 [N_train], the new label per sample or -1 to keep its label.
+        metrics: extra numbers to store (e.g. NC's anomaly index), name -> value.
+    """
+
+    model: Optional[nn.Module] = None
+    scores: Optional[torch.Tensor] = None
+    flags: Optional[torch.Tensor] = None
+    relabels: Optional[torch.Tensor] = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Defense:
+    """Base class: set ``Config``, ``paradigm``, ``needs`` and implement ``run``."""
+
+    Config: ClassVar[type] = DefenseConfig
+    paradigm: ClassVar[Paradigm] = "post_training"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    privileged: ClassVar[tuple[str, ...]] = ()     # knowledge a paper granted (e.g. "target class"), for reports
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    def __init__(self, cfg: Any):
+        unknown = set(self.needs) - NEEDS
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.needs has unknown inputs {sorted(unknown)}; valid: {sorted(NEEDS)}")
+        self.cfg = cfg
+
+    def uses_clean_subset(self) -> bool:
+        return "clean_subset" in self.needs
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        raise NotImplementedError(f"{type(self).__name__}.run")

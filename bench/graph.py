@@ -1,0 +1,119 @@
+"""The job graph: poison -> train -> defend -> evaluate, each stage keyed by content.
+
+key = sha256(canonical JSON of {stage, plugin, plugin version, the stage's own resolved config, parent key}).
+A stage's config holds only what changes its output, so
+
+* a backdoored model is trained once per (dataset, attack, model, recipe, seed) and reused by every defense,
+  clean ratio and later sweep;
+* changing a defense's hyper-parameter never changes a train key;
+* a training-time or cleansing defense hangs off the poison stage, so no backdoored model is trained for it;
+* a defense that declares no ``clean_subset`` need does not carry the clean ratio in its key (a ratio curve
+  runs D-BR once, not once per ratio).
+An attack that needs a clean model (label-consistent PGD, TrojanNN) gets a parent train stage on the clean set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from bench.config import digest, to_plain
+from bench.registry import ATTACKS, DEFENSES
+from bench.sweep import Cell
+
+TRAIN_VERSION = 1          # bump when bench.train.fit changes its output for the same config
+EVAL_VERSION = 1           # bump when bench.metrics changes
+STAGES = ("poison", "train", "defend", "evaluate")
+_NOT_SEMANTIC = {"dataset": ("root", "download")}   # where data lives does not change a result
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    stage: str
+    plugin: str
+    version: int
+    config: dict[str, Any]             # the stage's own resolved config (what the key hashes)
+    parent: str | None
+    chain: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # merged ancestor configs
+
+
+def make_job(stage: str, plugin: str, version: int, config: dict[str, Any], parent: Job | None) -> Job:
+    key = digest({"stage": stage, "plugin": plugin, "version": version, "config": config,
+                  "parent": parent.key if parent else None})
+    chain = {**(parent.chain if parent else {}), **config}
+    return Job(key, stage, plugin, version, config, parent.key if parent else None, chain)
+
+
+def _semantic(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    drop = _NOT_SEMANTIC.get(kind, ())
+    return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def cell_jobs(cell: Cell) -> list[Job]:
+    """The chain of jobs of one cell, parents first (the last one is the cell's evaluate job)."""
+    attack_cls = ATTACKS.get(cell.attack["name"]).obj
+    defense_cls = DEFENSES.get(cell.defense["name"]).obj
+    dataset = _semantic("dataset", cell.dataset)
+    jobs: list[Job] = []
+    surrogate = None
+    if attack_cls.needs_clean_model:
+        none = ATTACKS.get("none")     # the same clean model a cell with attack 'none' trains (shared)
+        clean_poison = make_job("poison", "none", none.version, {"dataset": dataset, "seed": cell.seed,
+                                "attack": {"name": "none", **to_plain(none.parse({}))}}, None)
+        surrogate = make_job("train", "train", TRAIN_VERSION,
+                             {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, clean_poison)
+        jobs += [clean_poison, surrogate]
+    poison = make_job("poison", cell.attack["name"], attack_cls.version,
+                      {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, surrogate)
+    jobs.append(poison)
+    defend_cfg: dict[str, Any] = {"defense": cell.defense, "seed": cell.seed, "curves": cell.curves}
+    if "clean_subset" in defense_cls.needs:
+        defend_cfg |= {"clean_ratio": cell.clean_ratio, "clean_stratified": cell.clean_stratified}
+    if defense_cls.paradigm == "post_training" and "backdoored_model" in defense_cls.needs:
+        train = make_job("train", "train", TRAIN_VERSION,
+                         {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, poison)
+        jobs.append(train)
+        parent = train
+    else:  # training-time / cleansing: trains its own model from the poisoned set
+        defend_cfg |= {"model": cell.model, "recipe": cell.recipe}
+        parent = poison
+    defend = make_job("defend", cell.defense["name"], defense_cls.version, defend_cfg, parent)
+    evaluate = make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)
+    return jobs + [defend, evaluate]
+
+
+@dataclass
+class Graph:
+    jobs: dict[str, Job]               # key -> job, in insertion (topological) order
+    cells: list[tuple[Cell, str]]      # each cell with its evaluate key
+
+    def children(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {k: [] for k in self.jobs}
+        for job in self.jobs.values():
+            if job.parent:
+                out[job.parent].append(job.key)
+        return out
+
+    def by_stage(self) -> dict[str, list[Job]]:
+        out: dict[str, list[Job]] = {s: [] for s in STAGES}
+        for job in self.jobs.values():
+            out[job.stage].append(job)
+        return out
+
+    def ancestors(self, key: str) -> list[str]:
+        out, cur = [], self.jobs[key].parent
+        while cur:
+            out.append(cur)
+            cur = self.jobs[cur].parent
+        return out
+
+
+def build_graph(cells: Iterable[Cell]) -> Graph:
+    jobs: dict[str, Job] = {}
+    out = []
+    for cell in cells:
+        chain = cell_jobs(cell)
+        for job in chain:
+            jobs.setdefault(job.key, job)
+        out.append((cell, chain[-1].key))
+    return Graph(jobs, out)

@@ -1,0 +1,64 @@
+"""Results as tidy tables: one row per sweep cell, built from the database (for export, the CLI and reports)."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from bench.db.storage import Storage
+
+LABELS = ("dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed")
+
+
+def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
+    """One row per cell: labels, state, BA/ASR/RA (+ counts), defense metrics, stage wall times, key, config."""
+    cells = storage.cells(sweep)
+    eval_keys = [c["key"] for c in cells]
+    defend_keys = [c["chain"].get("defend") for c in cells if c["chain"].get("defend")]
+    all_keys = sorted({k for c in cells for k in c["chain"].values()})
+    evals = storage.succeeded_metrics(eval_keys)
+    defends = storage.succeeded_metrics(defend_keys)
+    durations = storage.succeeded_durations(all_keys)
+    rows = []
+    for c in cells:
+        row: dict[str, Any] = {"sweep": c["sweep"], "cell": c["position"], "scale": c["scale"],
+                               "profile": c["profile"], **{k: c["labels"].get(k) for k in LABELS},
+                               "state": c["state"]}
+        for (name, subset), (value, count) in sorted(evals.get(c["key"], {}).items()):
+            row[name] = value
+            row[f"{name}_n"] = count
+        for (name, subset), (value, count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
+            row.setdefault(name, value)
+        for stage in ("poison", "train", "defend", "evaluate"):
+            key = c["chain"].get(stage)
+            row[f"{stage}_s"] = durations.get(key) if key else None
+        row["key"] = c["key"]
+        row["config"] = json.dumps(c["config"], sort_keys=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds of BA/ASR/RA per (dataset, attack, defense, clean_ratio), in percent."""
+    if frame.empty:
+        return frame
+    metrics = [m for m in ("ba", "asr", "ra") if m in frame]
+    keys = ["dataset", "model", "attack", "defense", "clean_ratio"]
+    grouped = frame.groupby(keys, sort=False, dropna=False)
+    out = grouped[metrics].agg(["mean", "std", "count"]) if metrics else grouped.size().to_frame("n")
+    table = pd.DataFrame(index=out.index)
+    for m in metrics:
+        table[m.upper()] = [_pm(mu, sd, n) for mu, sd, n in zip(out[(m, "mean")], out[(m, "std")], out[(m, "count")])]
+    if metrics:
+        table["n"] = out[(metrics[0], "count")].astype(int)
+    return table.reset_index()
+
+
+def _pm(mu: float, sd: float, n: int) -> str:
+    if n == 0 or mu is None or (isinstance(mu, float) and math.isnan(mu)):
+        return "—"
+    if n == 1 or sd is None or math.isnan(sd):
+        return f"{100 * mu:.1f}"
+    return f"{100 * mu:.1f} ± {100 * sd:.1f}"

@@ -1,0 +1,398 @@
+"""Sweep files: a YAML grid expanded into fully resolved cells, checked before anything runs.
+
+Grammar (explicit lists, no string DSL)::
+
+    name: table1                      # required
+    seeds: [0, 1]                     # product axis (default [0])
+    profile: mini                     # optional; --profile on the command line wins
+    curves: false                     # ask defenses for per-epoch curves
+    grid:                             # every key below is a product axis; a scalar is a one-item list
+      dataset: [cifar10, {name: gtsrb, resolution: 32}]
+      model: wrn16_1
+      recipe: mcl_paper
+      attack:  [{name: badnets, target: 5}, {name: sig, delta: [20, 40]}]   # a list inside an entry
+      defense: [none, ft, {name: mcl, tau: [0.1, 0.5]}]                    #   expands locally
+      clean_ratio: 0.05
+      clean_stratified: false
+    zip: [[dataset, recipe]]          # these axes advance together (equal lengths) instead of crossing
+    exclude: [{dataset: gtsrb, attack.name: sig}]                          # drop matching cells
+    include: [{dataset: mnist, model: small_cnn}]   # the grid with these keys replaced; its cells are added
+
+Inside a method entry a list expands unless the option's type is itself a list (``milestones: [2, 10]`` is
+one value; ``milestones: [[2, 10], [5, 15]]`` is two).
+
+Overlays (a profile file ``sweeps/profiles/NAME.yaml`` and ``--set``) share one form, keyed by component::
+
+    dataset: {train_limit: 5000, cifar10: {test_limit: 2000}}  # fields for all entries, or per name
+    model:   {wrn16_1: {name: small_cnn, width: 16}}           # per name: a replacement (with 'name') or options
+    recipe:  {epochs: 10, milestones: [4, 7]}
+    attack:  {cl: {pgd_steps: 3}}
+    defense: {ft: {epochs: 5}, mcl: {epochs: 5}}
+
+Resolution order of every option, lowest first (the one place it is written):
+    plugin defaults (paper values) < plugin ``per_dataset`` < sweep entry < profile < ``--set``.
+A profile deliberately beats the sweep entry: ``--profile mini`` must shrink a table whose file spells out
+the paper's values.  ``--set KEY=VALUE`` takes a top-level key (``seeds=[0,1,2]``, ``grid.clean_ratio=0.1``)
+or an overlay path (``defense.ft.epochs=3``, ``recipe.epochs=2``); VALUE is parsed as YAML.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from bench.config import ConfigError, closest, coerce, hints_of, is_sequence_type, to_plain
+from bench.registry import DATASETS, MODELS, RECIPES, REGISTRIES, Registry
+
+TOP_KEYS = ("name", "description", "seeds", "grid", "zip", "include", "exclude", "profile", "curves")
+GRID_KEYS = ("dataset", "model", "recipe", "attack", "defense", "clean_ratio", "clean_stratified")
+COMPONENTS = ("dataset", "model", "recipe", "attack", "defense")
+OVERLAY_KEYS = ("name", "description", "scale") + COMPONENTS
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "profiles"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fully resolved cell of a sweep: the plain configs of every stage plus the seed."""
+
+    dataset: dict[str, Any]          # {"name": ..., <resolved DatasetConfig fields>}
+    model: dict[str, Any]
+    recipe: dict[str, Any]
+    attack: dict[str, Any]
+    defense: dict[str, Any]
+    clean_ratio: float
+    clean_stratified: bool
+    seed: int
+    curves: bool = False
+    profile: str | None = None
+    scale: str = "paper"
+
+    def label(self) -> dict[str, Any]:
+        """The short, human-facing identity of the cell (for tables and ``bench ls``)."""
+        return {"dataset": self.dataset["name"], "model": self.model["name"], "recipe": self.recipe["name"],
+                "attack": self.attack["name"], "defense": self.defense["name"], "clean_ratio": self.clean_ratio,
+                "seed": self.seed}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Sweep:
+    name: str
+    file: str
+    cells: list[Cell]
+    profile: str | None = None
+    scale: str = "paper"
+    document: dict[str, Any] = field(default_factory=dict)   # the expanded document, as stored with the sweep
+
+
+# ----------------------------------------------------------------------------------------------------------
+# entry points
+# ----------------------------------------------------------------------------------------------------------
+def load_sweep(path: str | Path, sets: Iterable[str] = (), profile: str | None = None,
+               profiles_dir: Path | None = None) -> Sweep:
+    """Read, override, expand and resolve a sweep file.
+
+    Raises:
+        ConfigError: one line naming the file, the key path and what would be valid.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("", f"no such sweep file (looked at {path.resolve()})", file) from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"not valid YAML: {str(err).splitlines()[0]}", file) from None
+    try:
+        return build_sweep(doc, file, sets, profile, profiles_dir)
+    except ConfigError as err:
+        raise err if err.file else err.with_file(file)
+
+
+def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | None = None,
+                profiles_dir: Path | None = None) -> Sweep:
+    if not isinstance(doc, Mapping):
+        raise ConfigError("", "a sweep file must be a mapping with 'name' and 'grid'")
+    doc = copy.deepcopy(dict(doc))
+    set_overlay: dict[str, Any] = {}
+    for item in sets:
+        _apply_set(doc, set_overlay, item)
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise ConfigError(str(key), f"unknown key; {closest(str(key), TOP_KEYS)}")
+    if not isinstance(doc.get("name"), str) or not doc["name"]:
+        raise ConfigError("name", "required: a non-empty string naming the sweep")
+    if not isinstance(doc.get("grid"), Mapping):
+        raise ConfigError("grid", "required: a mapping of axes (dataset, model, recipe, attack, defense, ...)")
+    profile = profile or doc.get("profile")
+    prof_overlay = load_profile(profile, profiles_dir) if profile else {}
+    _check_overlay(set_overlay, "--set")
+    seeds = _seeds(doc.get("seeds", [0]))
+    curves = coerce(doc.get("curves", False), bool, "curves")
+    raw = expand(doc)
+    cells, seen = [], set()
+    for path, entry in raw:
+        for seed in seeds:
+            cell = resolve_cell(entry, seed, prof_overlay, set_overlay, curves, profile)
+            key = to_plain(cell.as_dict()).__repr__()
+            if key not in seen:
+                seen.add(key)
+                cells.append(cell)
+    scale = prof_overlay.get("scale", "paper") if profile else "paper"
+    return Sweep(doc["name"], file, cells, profile, scale, doc)
+
+
+def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
+    base = profiles_dir or PROFILES_DIR
+    path = base / f"{name}.yaml"
+    if not path.exists():
+        known = [p.stem for p in base.glob("*.yaml")] if base.exists() else []
+        raise ConfigError("profile", f"unknown profile {name!r} (looked in {base}); {closest(name, known)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        _check_overlay(data, "profile")
+    except ConfigError as err:
+        raise err.with_file(str(path))
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --set
+# ----------------------------------------------------------------------------------------------------------
+def _apply_set(doc: dict, overlay: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    if parts[0] in COMPONENTS:
+        target = overlay
+    elif parts[0] in TOP_KEYS:
+        target = doc
+    else:
+        raise ConfigError(f"--set {key}", f"unknown key; {closest(parts[0], TOP_KEYS + COMPONENTS)}")
+    for part in parts[:-1]:
+        nxt = target.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}", f"{part!r} is not a mapping in the sweep")
+        target = nxt
+    target[parts[-1]] = value
+
+
+def _check_overlay(overlay: Mapping[str, Any], where: str) -> None:
+    for key, value in overlay.items():
+        if key not in OVERLAY_KEYS:
+            raise ConfigError(f"{where}.{key}", f"unknown key; {closest(key, OVERLAY_KEYS)}")
+        if key in COMPONENTS and not isinstance(value, Mapping):
+            raise ConfigError(f"{where}.{key}", "expected a mapping of options or of per-name options")
+        if key == "model":
+            for sub in value:
+                if sub not in MODELS:
+                    raise ConfigError(f"{where}.model.{sub}", f"not a model name; {closest(sub, MODELS.names())}")
+        elif key in COMPONENTS:
+            reg = REGISTRIES[key]
+            for sub in value:
+                if sub not in reg and not _is_field_of_any(reg, sub):
+                    raise ConfigError(f"{where}.{key}.{sub}",
+                                      f"neither a {key} name nor an option; {closest(sub, reg.names())}")
+
+
+def _is_field_of_any(reg: Registry, name: str) -> bool:
+    return any(name in e.config.__dataclass_fields__ for e in reg.entries())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# expansion
+# ----------------------------------------------------------------------------------------------------------
+def _seeds(value: Any) -> list[int]:
+    seeds = value if isinstance(value, list) else [value]
+    return [coerce(s, int, f"seeds[{i}]") for i, s in enumerate(seeds)]
+
+
+def _axis(grid: Mapping[str, Any], key: str, where: str) -> list[tuple[str, Any]]:
+    """The values of one grid axis as (key path, value) pairs, method entries expanded locally."""
+    if key not in grid:
+        raise ConfigError(f"{where}.{key}", "required axis is missing")
+    values = grid[key]
+    items = values if isinstance(values, list) else [values]
+    if not items:
+        raise ConfigError(f"{where}.{key}", "empty list: give at least one value")
+    out = []
+    for i, item in enumerate(items):
+        path = f"{where}.{key}[{i}]" if isinstance(values, list) else f"{where}.{key}"
+        if key in COMPONENTS:
+            out += [(path, v) for v in _expand_entry(REGISTRIES[key], item, path)]
+        else:
+            out.append((path, item))
+    return out
+
+
+def _expand_entry(reg: Registry, item: Any, path: str) -> list[Any]:
+    """``{name: mcl, tau: [0.1, 0.5]}`` -> two entries; a list-typed option keeps its list."""
+    if isinstance(item, str) or not isinstance(item, Mapping):
+        return [item]
+    entry, opts = reg.split(item, path)
+    hints = hints_of(entry.config)
+    axes = []
+    for key, value in opts.items():
+        seq = key in hints and is_sequence_type(hints[key])
+        expands = isinstance(value, list) and (not seq or (value and all(isinstance(v, list) for v in value)))
+        axes.append([(key, v) for v in value] if expands else [(key, value)])
+        if expands and not value:
+            raise ConfigError(f"{path}.{key}", "empty list: give at least one value")
+    return [{"name": entry.name, **dict(combo)} for combo in itertools.product(*axes)]
+
+
+DEFAULT_AXES = {"clean_ratio": 0.05, "clean_stratified": False}
+
+
+def expand(doc: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The raw cells (before resolution) of the grid and each include, minus the excludes."""
+    cells = _expand_grid(doc["grid"], "grid", doc.get("zip") or [])
+    for i, inc in enumerate(doc.get("include") or []):
+        if not isinstance(inc, Mapping):
+            raise ConfigError(f"include[{i}]", "expected a mapping of grid keys")
+        for key in inc:
+            if key not in GRID_KEYS:
+                raise ConfigError(f"include[{i}].{key}", f"unknown key; {closest(key, GRID_KEYS)}")
+        cells += _expand_grid({**doc["grid"], **inc}, f"include[{i}]", [])
+    excludes = doc.get("exclude") or []
+    if not isinstance(excludes, list):
+        raise ConfigError("exclude", "expected a list of mappings")
+    for i, ex in enumerate(excludes):
+        _check_matcher(ex, f"exclude[{i}]")
+    return [(p, c) for p, c in cells if not any(_matches(c, ex) for ex in excludes)]
+
+
+def _expand_grid(grid: Mapping[str, Any], where: str, zips: list) -> list[tuple[str, dict[str, Any]]]:
+    for key in grid:
+        if key not in GRID_KEYS:
+            raise ConfigError(f"{where}.{key}", f"unknown key; {closest(str(key), GRID_KEYS)}")
+    grid = {**DEFAULT_AXES, **grid}
+    axes = {k: _axis(grid, k, where) for k in GRID_KEYS}
+    groups: list[list[str]] = []
+    for i, group in enumerate(zips):
+        if not isinstance(group, list) or len(group) < 2:
+            raise ConfigError(f"zip[{i}]", "expected a list of two or more grid keys")
+        for key in group:
+            if key not in GRID_KEYS:
+                raise ConfigError(f"zip[{i}]", f"unknown grid key {key!r}; {closest(str(key), GRID_KEYS)}")
+            if any(key in g for g in groups):
+                raise ConfigError(f"zip[{i}]", f"{key!r} is already zipped with another group")
+        lengths = {key: len(axes[key]) for key in group}
+        if len(set(lengths.values())) != 1:
+            raise ConfigError(f"zip[{i}]", f"zipped axes need equal lengths, got {lengths}")
+        groups.append(group)
+    zipped = {k for g in groups for k in g}
+    units: list[list[list[tuple[str, str, Any]]]] = []
+    for group in groups:
+        units.append([[(k, *axes[k][j]) for k in group] for j in range(len(axes[group[0]]))])
+    for key in GRID_KEYS:
+        if key not in zipped:
+            units.append([[(key, *v)] for v in axes[key]])
+    cells = []
+    for combo in itertools.product(*units):
+        flat = [t for part in combo for t in part]
+        cell = {k: v for k, _, v in flat}
+        paths = {k: p for k, p, _ in flat}
+        cells.append((paths.get("defense", where), cell | {"_paths": paths}))
+    return cells
+
+
+def _value_at(cell: Mapping[str, Any], dotted: str) -> Any:
+    head, _, rest = dotted.partition(".")
+    value = cell.get(head)
+    if head in COMPONENTS:
+        value = {"name": value} if isinstance(value, str) else dict(value)
+        return value.get(rest or "name")
+    return value
+
+
+def _check_matcher(ex: Any, where: str) -> None:
+    if not isinstance(ex, Mapping) or not ex:
+        raise ConfigError(where, "expected a non-empty mapping such as {dataset: gtsrb, attack.name: sig}")
+    for key in ex:
+        if key.split(".")[0] not in GRID_KEYS:
+            raise ConfigError(f"{where}.{key}", f"unknown key; {closest(key.split('.')[0], GRID_KEYS)}")
+
+
+def _matches(cell: Mapping[str, Any], ex: Mapping[str, Any]) -> bool:
+    for key, want in ex.items():
+        have = _value_at(cell, key)
+        wants = want if isinstance(want, list) else [want]
+        if have not in wants:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resolution: raw entry + overlays -> frozen configs -> plain dicts
+# ----------------------------------------------------------------------------------------------------------
+def _overlay_for(reg: Registry, overlay: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Fields for all entries of this kind, then the per-name ones."""
+    general = {k: v for k, v in overlay.items() if k not in reg}
+    specific = overlay.get(name, {}) if name in reg else {}
+    return {**general, **(specific or {})}
+
+
+def _resolve(kind: str, spec: Any, path: str, overlays: list[tuple[str, Mapping]], dataset: str | None) -> dict:
+    reg = REGISTRIES[kind]
+    entry, opts = reg.split(spec, path)
+    for where, overlay in overlays:
+        over = overlay.get(kind) or {}
+        if kind == "model":
+            rep = over.get(entry.name)
+            if isinstance(rep, str) or (isinstance(rep, Mapping) and "name" in rep):
+                entry, opts = reg.split(rep, f"{where}.model.{entry.name}")
+            elif isinstance(rep, Mapping):
+                opts = {**opts, **rep}
+            continue
+        extra = {k: v for k, v in _overlay_for(reg, over, entry.name).items()
+                 if k in entry.config.__dataclass_fields__ or k in (entry.name,)}
+        unknown = set(_overlay_for(reg, over, entry.name)) - set(extra)
+        specific = set((over.get(entry.name) or {})) if entry.name in reg and entry.name in over else set()
+        if unknown & specific:
+            key = sorted(unknown & specific)[0]
+            raise ConfigError(f"{where}.{kind}.{entry.name}.{key}",
+                              f"unknown key; {closest(key, entry.config.__dataclass_fields__)}")
+        opts = {**opts, **extra}
+    cfg = entry.parse(opts, path, dataset)
+    return {"name": entry.name, **to_plain(cfg)}
+
+
+def resolve_cell(raw: Mapping[str, Any], seed: int, profile: Mapping, sets: Mapping, curves: bool,
+                 profile_name: str | None) -> Cell:
+    paths = raw.get("_paths", {})
+    overlays = [("profile", profile), ("--set", sets)]
+    ds = _resolve("dataset", raw["dataset"], paths.get("dataset", "dataset"), overlays, None)
+    name = ds["name"]
+    return Cell(
+        dataset=ds,
+        model=_resolve("model", raw["model"], paths.get("model", "model"), overlays, name),
+        recipe=_resolve("recipe", raw["recipe"], paths.get("recipe", "recipe"), overlays, name),
+        attack=_resolve("attack", raw["attack"], paths.get("attack", "attack"), overlays, name),
+        defense=_resolve("defense", raw["defense"], paths.get("defense", "defense"), overlays, name),
+        clean_ratio=_ratio(raw["clean_ratio"], paths.get("clean_ratio", "clean_ratio")),
+        clean_stratified=coerce(raw["clean_stratified"], bool, paths.get("clean_stratified", "clean_stratified")),
+        seed=seed, curves=curves, profile=profile_name,
+        scale=(profile or {}).get("scale", "paper") if profile_name else "paper",
+    )
+
+
+def _ratio(value: Any, path: str) -> float:
+    v = coerce(value, float, path)
+    if not 0 < v <= 1:
+        raise ConfigError(path, f"clean_ratio must be in (0, 1], got {value!r}")
+    return v
+
+
+__all__ = ["Cell", "Sweep", "load_sweep", "build_sweep", "expand", "load_profile", "DATASETS", "MODELS", "RECIPES"]

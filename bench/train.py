@@ -1,0 +1,165 @@
+"""The one training loop. Images stay uint8 on the device; batches are index slices; augmentation is batched.
+
+Every method that trains (the train stage, fine-tuning defenses, training-time defenses) calls ``fit`` with a
+recipe; a method with its own objective passes ``loss_fn`` instead of writing an epoch loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.augment import augment
+from bench.data.imageset import ImageSet
+from bench.recipes import Recipe
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""loss_fn(model, x01 float [B,C,H,W] in [0,1] (augmented), y int64 [B], idx int64 [B]) -> scalar loss."""
+
+
+def pick_device(spec: str | None = None) -> torch.device:
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'."""
+    if spec in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator_for(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def make_optimizer(params, recipe: Recipe, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = recipe.lr if lr is None else lr
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                           nesterov=recipe.nesterov and recipe.momentum > 0)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Stepped once per epoch; its length follows ``recipe.epochs`` (cosine T_max = epochs, never a constant)."""
+    if recipe.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, recipe.step_size, recipe.gamma)
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(recipe.epochs, 1))
+    return None
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device,
+                  shuffle: bool = True) -> Iterator[torch.Tensor]:
+    order = (torch.randperm(n, generator=generator, device=generator.device).to(device) if shuffle
+             else torch.arange(n, device=device))
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare(model: nn.Module, device: torch.device, recipe: Recipe) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not recipe.deterministic
+        torch.backends.cudnn.deterministic = recipe.deterministic
+        if recipe.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def weighted_ce(sample_weight: torch.Tensor | None) -> LossFn:
+    """Cross-entropy, optionally weighted per training sample (weights indexed by ``idx``)."""
+    def loss_fn(model, x, y, idx):
+        logits = model(x)
+        if sample_weight is None:
+            return F.cross_entropy(logits, y)
+        return (F.cross_entropy(logits, y, reduction="none") * sample_weight[idx]).mean()
+    return loss_fn
+
+
+def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.device | None = None, seed: int = 0,
+        loss_fn: Optional[LossFn] = None, sample_weight: torch.Tensor | None = None,
+        on_epoch: Optional[Callable[[int, nn.Module], None]] = None,
+        params=None) -> nn.Module:
+    """Train ``model`` on ``data`` with ``recipe`` and return it (in eval mode).
+
+    Args:
+        data: uint8 images (already poisoned) and labels; moved to ``device`` once.
+        loss_fn: custom objective (default: cross-entropy, weighted by ``sample_weight`` [N] if given).
+        on_epoch: called after every epoch with (epoch, model), e.g. to record curves.
+        params: the parameters to optimise (default: all of the model's).
+    """
+    device = device or pick_device()
+    model = prepare(model, device, recipe)
+    data = data.to(device)
+    if sample_weight is not None:
+        sample_weight = sample_weight.to(device)
+    loss_fn = loss_fn or weighted_ce(sample_weight)
+    gen = generator_for(seed, torch.device("cpu"))
+    opt = make_optimizer(params if params is not None else model.parameters(), recipe)
+    sched = make_scheduler(opt, recipe)
+    channels_last = device.type == "cuda" and recipe.channels_last
+    for epoch in range(recipe.epochs):
+        model.train()
+        for idx in batch_indices(len(data), recipe.batch_size, gen, device):
+            x = augment(data.images[idx], recipe.augment, gen_for_device(gen, device), recipe.crop_padding)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, recipe.amp):
+                loss = loss_fn(model, x, data.labels[idx], idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    return model.eval()
+
+
+def gen_for_device(gen: torch.Generator, device: torch.device) -> torch.Generator | None:
+    """Augmentation randomness: the CPU generator on CPU; on CUDA a device generator seeded from it."""
+    if device.type == "cpu":
+        return gen
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images_u8: torch.Tensor, device: torch.device | None = None,
+            batch_size: int = 512) -> torch.Tensor:
+    """Predicted labels (int64 [N], on CPU) for uint8 images, in eval mode."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(images_u8), batch_size):
+        x = images_u8[start:start + batch_size].to(device).float().div_(255)
+        with autocast(device, True):
+            out.append(model(x).argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images_u8: torch.Tensor, device: torch.device | None = None,
+          batch_size: int = 512) -> torch.Tensor:
+    """Penultimate features (float [N, D], on CPU) through the zoo's ``forward_features`` interface."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = [model.forward_features(images_u8[s:s + batch_size].to(device).float().div_(255)).float().cpu()
+           for s in range(0, len(images_u8), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
