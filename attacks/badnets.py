@@ -1,11 +1,18 @@
-"""BadNets (Gu et al., 2017): stamp a small patch, relabel to the target (dirty-label).
+"""BadNets (Gu et al., 2017): stamp a small patch, relabel to the target (dirty-label, all2one or all2all).
 
-Patterns:
-    grid3   the 3x3 black/white grid in the bottom-right corner of the NAD lineage, used by MCL (seed 000 §4.1)
-            and D-BR (seed 001 §5.1): rows [0 0 1; 0 1 0; 1 0 1] x 255, no margin.
-    white   a white square (LfD's BN-W, seed 003 §5.1); ``size`` pixels, ``margin`` from the border.
-    noise   a seeded random 3x3 noise patch at a seeded random position (seed 002 App. C).
-Patches are drawn at the image's own resolution with an explicit mask (never bilinear-resized).
+Patterns, as the seeds use them:
+    grid3   the 3x3 black/white grid of the NAD lineage (``gridTrigger``) in the bottom-right corner, no margin:
+            rows [0 0 255; 0 255 0; 255 0 255] on every channel.  MCL (seed 000 App. A.2: "grid trigger of size
+            3x3 placed in the lower right corner", target 5, 10 %), D-BR (seed 001 §5.1, BadNets-all2one and
+            -all2all, 10 %), LfD's BN-G (seed 003 §5.1 / Tab. 1).  ``size`` > 3 draws the same grid nearest-
+            upscaled at the image's resolution (MCL App. A.3 uses a 32x32 grid on 224 px ImageNet images).
+    white   a white square (LfD's BN-W, seed 003 §5.1); ``size`` pixels, ``margin`` from the border (D-BR's
+            ``squareTrigger``: 3 px at margin 1; Neural Cleanse / I-BAU: 4 px at margin 1).
+    noise   a seeded uniform-noise patch (seed 002 App. C: "m is a 3x3 mask and u is a 3x3 noise patch; both
+            the location of the mask and the patch are randomly generated": use ``position: random``).
+Patches are drawn at the image's own resolution with an explicit mask, never bilinear-resized (BackdoorBench
+resizes a 32 px patch to larger images, which turns a 3x3 grid into a blurred ~7x7 one).
+all2all relabels y -> (y + 1) mod C (D-BR's BadNets-all2all) and draws from the whole training set.
 """
 from __future__ import annotations
 
@@ -17,43 +24,56 @@ import torch
 from bench.attack import Attack, AttackConfig, Trigger
 from bench.data.imageset import DataInfo
 from bench.registry import register_attack
-from bench.triggers import patch_position, stamp_patch
-
-GRID3 = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+from bench.triggers import (
+    GRID3,
+    PositionOrRandom,
+    nearest_resize,
+    patch_position,
+    place,
+    random_patch,
+    random_position,
+    stamp_patch,
+    trigger_generator,
+)
 
 
 @dataclass(frozen=True)
 class BadNetsConfig(AttackConfig):
-    pattern: Literal["grid3", "white", "noise"] = "grid3"    # seed 000 §4.1 / seed 001 §5.1: 3x3 grid
-    size: int = 3                                           # patch side in pixels
-    position: Literal["bottom_right", "top_left", "top_right", "bottom_left", "center", "random"] = "bottom_right"
-    margin: int = 0
-    target: int = 0
-    poison_rate: float = 0.1                                # seed 001 §5.1: 10 %
+    pattern: Literal["grid3", "white", "noise"] = "grid3"   # seed 000 App. A.2 / seed 001 §5.1: the 3x3 grid
+    size: int = 3                                           # patch side in pixels at the dataset's resolution
+    position: PositionOrRandom = "bottom_right"             # seed 000 App. A.2: lower right corner
+    margin: int = 0                                         # pixels between patch and border (NAD grid: 0)
+    target: int = 0                                         # seed 001 §5.1 (D-BR code); MCL uses 5, LfD 1
+    poison_rate: float = 0.1                                # seeds 000/001/003: 10 % (of the non-target pool)
     trigger_seed: Optional[int] = None                      # None: the cell's seed draws random patterns
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.size < 1 or self.margin < 0:
+            raise ValueError(f"size must be >= 1 and margin >= 0, got size {self.size}, margin {self.margin}")
 
 
 @register_attack("badnets", display_name="BadNets")
 class BadNets(Attack):
-    """BadNets patch attack (dirty-label, all2one or all2all)."""
+    """BadNets patch attack (Gu et al., 2017): grid, white or noise patch; all2one or all2all."""
 
     Config = BadNetsConfig
 
     def __init__(self, cfg: BadNetsConfig, info: DataInfo, seed: int):
         super().__init__(cfg, info, seed)
-        g = torch.Generator().manual_seed(cfg.trigger_seed if cfg.trigger_seed is not None else seed)
+        g = trigger_generator(seed, cfg.trigger_seed)
         c, s = info.in_channels, cfg.size
+        if s + cfg.margin > info.image_size:
+            raise ValueError(f"a {s}px patch with margin {cfg.margin} does not fit {info.name}'s "
+                             f"{info.image_size}px images")
         if cfg.pattern == "grid3":
-            if s != 3:
-                raise ValueError("pattern 'grid3' is 3x3; set size: 3 or use pattern 'white'")
-            self.patch = GRID3.unsqueeze(0).expand(c, 3, 3).clone()
+            self.patch = nearest_resize(GRID3, s, s).unsqueeze(0).expand(c, s, s).clone()
         elif cfg.pattern == "white":
             self.patch = torch.full((c, s, s), 255, dtype=torch.uint8)
         else:
-            self.patch = torch.randint(0, 256, (c, s, s), generator=g, dtype=torch.uint8)
+            self.patch = random_patch(c, s, s, g)
         if cfg.position == "random":
-            hi = info.image_size - s - cfg.margin
-            self.top, self.left = (int(v) for v in torch.randint(cfg.margin, hi + 1, (2,), generator=g))
+            self.top, self.left = random_position(info.image_size, s, s, cfg.margin, g)
         else:
             self.top, self.left = patch_position(info.image_size, s, s, cfg.position, cfg.margin)
 
@@ -61,10 +81,11 @@ class BadNets(Attack):
         return stamp_patch(x_u8, self.patch, self.top, self.left)
 
     def true_trigger(self) -> Trigger:
-        c, size = self.info.in_channels, self.info.image_size
-        mask = torch.zeros(1, size, size)
-        pattern = torch.zeros(c, size, size)
-        s = self.cfg.size
-        mask[:, self.top:self.top + s, self.left:self.left + s] = 1
-        pattern[:, self.top:self.top + s, self.left:self.left + s] = self.patch.float() / 255
-        return Trigger(mask, pattern)
+        mask, pattern = place(self.patch, self.top, self.left, self.info.in_channels, self.info.image_size)
+        return Trigger(mask.float(), pattern.float() / 255)
+
+    def poison(self, train, generator, clean_model=None):
+        out = super().poison(train, generator, clean_model)
+        out.params.update(trigger_top=self.top, trigger_left=self.left, trigger_size=self.cfg.size,
+                          pattern=self.cfg.pattern)
+        return out

@@ -330,7 +330,8 @@ OPS: dict[str, Op] = {
 }
 
 # The parameters each op accepts (everything after ``x, generator``), for checking ``params`` up front.
-_OP_PARAMS: dict[str, tuple[str, ...]] = {name: tuple(inspect.signature(fn).parameters)[2:] for name, fn in OPS.items()}
+_OP_PARAMS: dict[str, tuple[str, ...]] = {name: tuple(inspect.signature(fn).parameters)[2:]
+                                         for name, fn in OPS.items()}
 
 SIMCLR: tuple[str, ...] = ("resized_crop", "flip", "color_jitter", "grayscale")
 """SimCLR's view pipeline (as D-ST's SS-CTL and seed 002 use it): RandomResizedCrop(scale 0.2-1), HFlip,

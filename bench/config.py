@@ -80,7 +80,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(path, f"{value!r} is not allowed; {closest(str(value), map(str, get_args(tp)))}")
+        valid = " | ".join(map(str, get_args(tp)))
+        raise ConfigError(path, f"{value!r} is not allowed; {closest(str(value), map(str, get_args(tp)))} "
+                                f"(valid: {valid})")
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:

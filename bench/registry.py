@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -54,6 +55,13 @@ def config_from_signature(fn: Callable, skip: tuple[str, ...]) -> type:
     return dataclasses.make_dataclass(f"{fn.__name__}_config", specs, frozen=True)
 
 
+def load_user_plugins() -> None:
+    """Import the modules named in ``BENCH_PLUGINS`` (comma-separated): a user's own attacks and defenses
+    register themselves without editing bdbench (workers inherit the variable, so they see them too)."""
+    for module in filter(None, (m.strip() for m in os.environ.get("BENCH_PLUGINS", "").split(","))):
+        importlib.import_module(module)
+
+
 class Registry:
     """Named plugins of one kind, filled by importing ``modules`` on first use."""
 
@@ -87,6 +95,7 @@ class Registry:
             self._loaded = True
             for module in self.modules:
                 importlib.import_module(module)
+            load_user_plugins()
 
     def names(self) -> list[str]:
         self._load()

@@ -26,10 +26,10 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         row: dict[str, Any] = {"sweep": c["sweep"], "cell": c["position"], "scale": c["scale"],
                                "profile": c["profile"], **{k: c["labels"].get(k) for k in LABELS},
                                "state": c["state"]}
-        for (name, subset), (value, count) in sorted(evals.get(c["key"], {}).items()):
+        for (name, _subset), (value, count) in sorted(evals.get(c["key"], {}).items()):
             row[name] = value
             row[f"{name}_n"] = count
-        for (name, subset), (value, count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
+        for (name, _subset), (value, _count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
             row.setdefault(name, value)
         for stage in ("poison", "train", "defend", "evaluate"):
             key = c["chain"].get(stage)

@@ -112,7 +112,7 @@ def load_sweep(path: str | Path, sets: Iterable[str] = (), profile: str | None =
     try:
         return build_sweep(doc, file, sets, profile, profiles_dir)
     except ConfigError as err:
-        raise err if err.file else err.with_file(file)
+        raise (err if err.file else err.with_file(file)) from None
 
 
 def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | None = None,
@@ -137,10 +137,11 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
     curves = coerce(doc.get("curves", False), bool, "curves")
     raw = expand(doc)
     cells, seen = [], set()
-    for path, entry in raw:
+    resolver = _Resolver(prof_overlay, set_overlay)
+    for _path, entry in raw:
         for seed in seeds:
-            cell = resolve_cell(entry, seed, prof_overlay, set_overlay, curves, profile)
-            key = to_plain(cell.as_dict()).__repr__()
+            cell = resolve_cell(entry, seed, prof_overlay, set_overlay, curves, profile, resolver)
+            key = repr(cell.as_dict())
             if key not in seen:
                 seen.add(key)
                 cells.append(cell)
@@ -158,7 +159,7 @@ def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
     try:
         _check_overlay(data, "profile")
     except ConfigError as err:
-        raise err.with_file(str(path))
+        raise err.with_file(str(path)) from None
     return data
 
 
@@ -369,18 +370,32 @@ def _resolve(kind: str, spec: Any, path: str, overlays: list[tuple[str, Mapping]
     return {"name": entry.name, **to_plain(cfg)}
 
 
+class _Resolver:
+    """Memoised ``_resolve``: a 10,000-cell grid has only a few distinct entries per component."""
+
+    def __init__(self, profile: Mapping, sets: Mapping):
+        self.overlays = [("profile", profile), ("--set", sets)]
+        self.memo: dict[tuple, dict] = {}
+
+    def __call__(self, kind: str, spec: Any, path: str, dataset: str | None) -> dict:
+        key = (kind, repr(spec), dataset)
+        if key not in self.memo:
+            self.memo[key] = _resolve(kind, spec, path, self.overlays, dataset)
+        return dict(self.memo[key])
+
+
 def resolve_cell(raw: Mapping[str, Any], seed: int, profile: Mapping, sets: Mapping, curves: bool,
-                 profile_name: str | None) -> Cell:
+                 profile_name: str | None, resolver: _Resolver | None = None) -> Cell:
     paths = raw.get("_paths", {})
-    overlays = [("profile", profile), ("--set", sets)]
-    ds = _resolve("dataset", raw["dataset"], paths.get("dataset", "dataset"), overlays, None)
+    res = resolver or _Resolver(profile, sets)
+    ds = res("dataset", raw["dataset"], paths.get("dataset", "dataset"), None)
     name = ds["name"]
     return Cell(
         dataset=ds,
-        model=_resolve("model", raw["model"], paths.get("model", "model"), overlays, name),
-        recipe=_resolve("recipe", raw["recipe"], paths.get("recipe", "recipe"), overlays, name),
-        attack=_resolve("attack", raw["attack"], paths.get("attack", "attack"), overlays, name),
-        defense=_resolve("defense", raw["defense"], paths.get("defense", "defense"), overlays, name),
+        model=res("model", raw["model"], paths.get("model", "model"), name),
+        recipe=res("recipe", raw["recipe"], paths.get("recipe", "recipe"), name),
+        attack=res("attack", raw["attack"], paths.get("attack", "attack"), name),
+        defense=res("defense", raw["defense"], paths.get("defense", "defense"), name),
         clean_ratio=_ratio(raw["clean_ratio"], paths.get("clean_ratio", "clean_ratio")),
         clean_stratified=coerce(raw["clean_stratified"], bool, paths.get("clean_stratified", "clean_stratified")),
         seed=seed, curves=curves, profile=profile_name,

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import click
 
-from bench.cli.options import (artifacts_root, data_root_option, db_option, profile_option, set_option,
-                               storage_for, sweep_name_option, workspace_option)
+from bench.cli.options import (
+    artifacts_root,
+    data_root_option,
+    db_option,
+    profile_option,
+    set_option,
+    storage_for,
+    sweep_name_option,
+    workspace_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -13,8 +13,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, text)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 1
@@ -77,7 +88,7 @@ class RunRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_key: Mapped[str] = mapped_column(ForeignKey("jobs.key"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(12))          # running|succeeded|failed|abandoned
+    status: Mapped[str] = mapped_column(String(12))          # running|succeeded|failed|abandoned|superseded
     worker: Mapped[str | None] = mapped_column(String(100))
     device: Mapped[str | None] = mapped_column(String(100))
     host: Mapped[str | None] = mapped_column(String(200))

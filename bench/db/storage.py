@@ -18,8 +18,20 @@ from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench.db.models import (SCHEMA_VERSION, ArtifactRow, Base, BaselineRow, BaselineValueRow, CellRow,
-                             CurveRow, JobRow, Meta, MetricRow, RunRow, SweepRow)
+from bench.db.models import (
+    SCHEMA_VERSION,
+    ArtifactRow,
+    Base,
+    BaselineRow,
+    BaselineValueRow,
+    CellRow,
+    CurveRow,
+    JobRow,
+    Meta,
+    MetricRow,
+    RunRow,
+    SweepRow,
+)
 from bench.store import ArtifactRecord
 
 
@@ -69,6 +81,10 @@ class Storage:
         self.engine = create_engine(url, future=True, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            # Every transaction takes SQLite's write lock up front (BEGIN IMMEDIATE): a read-then-write
+            # transaction (claim, register) can then never fail with SQLITE_BUSY_SNAPSHOT when another process
+            # wrote in between; it waits (busy timeout) instead. Transactions here are short.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._check_schema(create)
 
@@ -115,13 +131,15 @@ class Storage:
         now = utcnow()
         jobs = list(jobs)
         with self.session_scope() as s:
-            have = set(s.scalars(select(JobRow.key).where(JobRow.key.in_([j.key for j in jobs]))))
-            for j in jobs:
-                if j.key not in have:
-                    s.add(JobRow(key=j.key, stage=j.stage, parent_key=j.parent, plugin=j.plugin,
-                                 plugin_version=j.version, config=j.config, created_at=now, state="pending",
-                                 attempts=0))
-                    s.flush()
+            have = set()
+            for chunk in range(0, len(jobs), 500):
+                keys = [j.key for j in jobs[chunk:chunk + 500]]
+                have |= set(s.scalars(select(JobRow.key).where(JobRow.key.in_(keys))))
+            new = [dict(key=j.key, stage=j.stage, parent_key=j.parent, plugin=j.plugin, plugin_version=j.version,
+                        config=j.config, created_at=now, state="pending", attempts=0)
+                   for j in jobs if j.key not in have]
+            for chunk in range(0, len(new), 500):      # parents first: the list is in topological order
+                s.execute(_insert_ignore(s, JobRow).values(new[chunk:chunk + 500]))
             row = s.scalars(select(SweepRow).where(SweepRow.name == name)).first()
             if row is None:
                 row = SweepRow(name=name, file=file, profile=profile, scale=scale, document=document,
@@ -230,6 +248,9 @@ class Storage:
             with self.session_scope() as s:
                 s.execute(update(JobRow).where(JobRow.key.in_(keys)).values(state="pending", owner=None))
                 s.execute(delete(ArtifactRow).where(ArtifactRow.job_key.in_(keys)))
+                # the old run and its metrics stay as history; only the new run will count as the result
+                s.execute(update(RunRow).where(RunRow.job_key.in_(keys), RunRow.status == "succeeded")
+                          .values(status="superseded", error="artifact missing or corrupt; recomputed"))
 
     def artifacts(self, keys: Iterable[str]) -> dict[str, dict[str, ArtifactRecord]]:
         keys = list(keys)
@@ -340,6 +361,19 @@ class Storage:
                     for r in s.scalars(select(RunRow).where(RunRow.job_key == key).order_by(RunRow.attempt))]
 
 
+def _insert_ignore(s: Session, table):
+    """INSERT that skips rows whose key exists (another process may register the same jobs concurrently)."""
+    name = s.get_bind().dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:  # pragma: no cover - other backends rely on the pre-check above
+        from sqlalchemy import insert
+        return insert(table)
+    return dialect_insert(table).on_conflict_do_nothing()
+
+
 def _finite(v: float | None) -> float | None:
     if v is None:
         return None
@@ -348,6 +382,7 @@ def _finite(v: float | None) -> float | None:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None      # let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=60000")

@@ -1,0 +1,91 @@
+"""The command line, in-process through click's CliRunner: exit codes, messages, nothing written on bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from benchtest import tiny_sweep
+from click.testing import CliRunner
+
+from bench.cli import main
+
+COMMANDS = [["sweep"], ["ls"], ["show"], ["export"], ["plugins"], ["db"], ["db", "upgrade"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd):
+    result = CliRunner().invoke(main, [*cmd, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def write(tmp_path, doc, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+def test_bad_sweep_exits_2_with_one_line_and_writes_nothing(tmp_path, workspace):
+    doc = tiny_sweep(defenses=[{"name": "ft", "tua": 0.5}])
+    path = write(tmp_path, doc)
+    result = CliRunner().invoke(main, ["sweep", path])
+    assert result.exit_code == 2
+    assert f"{path}: grid.defense[0].tua: unknown key; valid: augment, batch_size, epochs, lr" in result.output
+    assert not workspace.exists()
+
+
+def test_unknown_plugin_suggests_the_closest_name(tmp_path, workspace):
+    path = write(tmp_path, tiny_sweep(attacks=["badnet"]))
+    result = CliRunner().invoke(main, ["sweep", path, "--dry-run"])
+    assert result.exit_code == 2 and "did you mean 'badnets'" in result.output
+
+
+def test_sweep_dry_run_ls_show_export(tmp_path, workspace):
+    path = write(tmp_path, tiny_sweep())
+    runner = CliRunner()
+    dry = runner.invoke(main, ["sweep", path, "--dry-run"])
+    assert dry.exit_code == 0 and "train" in dry.output and "1 jobs       0 cached" in dry.output
+    assert not workspace.exists()
+    run = runner.invoke(main, ["sweep", path, "--workers", "0", "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert "6 jobs ran, 0 cached, 0 failed" in run.output and "BA" in run.output
+    dry2 = runner.invoke(main, ["sweep", path, "--dry-run"])
+    assert "1 jobs       1 cached       0 to run" in dry2.output
+    ls = runner.invoke(main, ["ls"])
+    assert ls.exit_code == 0 and "tiny" in ls.output and "2/2" in ls.output
+    exported = runner.invoke(main, ["export", "--sweep", "tiny", "--format", "json"])
+    rows = json.loads(exported.output)
+    assert len(rows) == 2 and {"ba", "asr", "ra", "asr_n", "train_s", "config"} <= set(rows[0])
+    show = runner.invoke(main, ["show", rows[0]["key"][:10]])
+    assert show.exit_code == 0 and "evaluate job" in show.output and "asr" in show.output
+    csv = runner.invoke(main, ["export", "--format", "csv"])
+    assert csv.output.splitlines()[0].startswith("sweep,cell,scale")
+    bad = runner.invoke(main, ["export", "--sweep", "tinyy"])
+    assert bad.exit_code == 2 and "did you mean 'tiny'" in bad.output
+
+
+def test_failed_job_gives_exit_1_and_summary(tmp_path, workspace):
+    path = write(tmp_path, tiny_sweep(defenses=["none", "explode"]))
+    result = CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress"])
+    assert result.exit_code == 1
+    assert "1 failed" in result.output and "RuntimeError: boom" in result.output and "bench show" in result.output
+
+
+def test_plugins_lists_fields_and_defaults():
+    result = CliRunner().invoke(main, ["plugins", "defense"])
+    assert result.exit_code == 0
+    assert "ft (v1, 'FT')" in result.output and "lr: float = 0.1" in result.output
+    recipes = CliRunner().invoke(main, ["plugins", "recipe"])
+    assert "mcl_paper" in recipes.output and "epochs: int = 50" in recipes.output
+
+
+def test_schema_version_mismatch_names_the_fix(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from bench.db.storage import SchemaMismatch, Storage
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Storage(url)
+    with create_engine(url).begin() as c:
+        c.execute(text("update meta set value='0' where key='schema_version'"))
+    with pytest.raises(SchemaMismatch, match="bench db upgrade"):
+        Storage(url)
