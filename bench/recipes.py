@@ -6,7 +6,7 @@ Milestones are in epochs and must lie below ``epochs``: a profile that shortens 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from bench.registry import register_recipe
@@ -29,6 +29,7 @@ class Recipe:
     gamma: float = 0.1
     augment: tuple[Augment, ...] = ("crop", "flip")
     crop_padding: int = 4
+    augment_params: dict = field(default_factory=dict)   # per-op overrides, e.g. {"rotate": {"degrees": 20}}
     amp: bool = True                      # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True            # on CUDA
     deterministic: bool = False           # cudnn deterministic + no benchmark, for audit runs

@@ -117,7 +117,8 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
     for epoch in range(recipe.epochs):
         model.train()
         for idx in batch_indices(len(data), recipe.batch_size, gen, device):
-            x = augment(data.images[idx], recipe.augment, gen_for_device(gen, device), recipe.crop_padding)
+            x = augment(data.images[idx], recipe.augment, gen_for_device(gen, device), recipe.crop_padding,
+                        params=recipe.augment_params or None)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, recipe.amp):

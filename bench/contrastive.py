@@ -1,0 +1,51 @@
+"""Contrastive objectives shared by SimCLR-style methods (seed 002 Eq. 5, D-ST's SS-CTL, DBD's extractor).
+
+``nt_xent``: SimCLR's normalised-temperature cross entropy over 2N views (Chen et al., 2020, Eq. 1).
+``supcon``: Khosla et al. (2020) supervised contrastive loss (Eq. 2, "L_out"); a label of -1 marks a sample
+whose only positive is its own other view (D-ST's treatment of suspicious samples, seed 001 Eq. 2).
+``ProjectionHead``: the MLP projector (dim -> dim -> out) whose L2-normalised output the losses compare.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int = 128, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or dim_in
+        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(f), dim=1)
+
+
+def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss over the 2N L2-normalised views ``z1``, ``z2`` [N, D].
+
+    Positives of an anchor: its other view, plus (when ``labels`` is given) every other view whose label equals
+    its own and is >= 0.  ``labels=None`` gives SimCLR's NT-Xent.  Averaged over anchors (mean of per-anchor
+    mean log-probabilities of positives, negated).
+    """
+    z = torch.cat([z1, z2]).float()
+    n2 = z.shape[0]
+    logits = z @ z.t() / temperature
+    self_mask = torch.eye(n2, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    idx = torch.arange(n2, device=z.device)
+    pos = torch.zeros(n2, n2, dtype=torch.bool, device=z.device)
+    pos[idx, (idx + n2 // 2) % n2] = True                    # the other view of the same image
+    if labels is not None:
+        lab = torch.cat([labels, labels]).to(z.device)
+        same = (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0)
+        pos |= same & ~self_mask
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    mean_pos = (log_prob.masked_fill(~pos, 0.0).sum(1)) / pos.sum(1)
+    return -mean_pos.mean()
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (each anchor's single positive is its other view)."""
+    return supcon(z1, z2, None, temperature)
