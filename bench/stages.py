@@ -155,28 +155,8 @@ class StageRunner:
 
     def context(self, task: Task, defense: Defense, bundle: DataBundle, poisoned: PoisonedSet, train: ImageSet,
                 attack: Attack) -> DefenseContext:
-        chain, needs, seed = task.chain, defense.needs, task.chain["seed"]
-        info = bundle.info()
-
-        def new_model() -> torch.nn.Module:
-            return create_from_spec(chain["model"], info).to(self.device)
-
-        def evaluate(model: torch.nn.Module) -> dict[str, float]:
-            return {m.name: m.value for m in backdoor_metrics(model, bundle.test, attack, self.device)}
-
-        ctx = DefenseContext(info=info, device=self.device, seed=seed, recipe=recipe_of(chain),
-                             new_model=new_model, curves=Curves(bool(chain.get("curves"))), evaluate=evaluate)
-        if "backdoored_model" in needs:
-            ctx.model = self.model(task, "train", bundle)
-        if "clean_subset" in needs:
-            split = clean_subset(bundle.train.labels, poisoned.kind != CLEAN, chain["clean_ratio"], seed,
-                                 chain.get("clean_stratified", False))
-            ctx.clean, ctx.clean_val = bundle.train.subset(split.fit), bundle.train.subset(split.val)
-        if "poisoned_train" in needs:
-            ctx.train = train
-        if "true_trigger" in needs:
-            ctx.true_trigger = attack.true_trigger()
-        return ctx
+        model = self.model(task, "train", bundle) if "backdoored_model" in defense.needs else None
+        return build_context(defense, task.chain, bundle, poisoned, train, attack, self.device, model)
 
     def retrain_kept(self, ctx: DefenseContext, train: ImageSet, result: DefenseResult) -> torch.nn.Module:
         """The cleansing paradigm's second half: train a fresh model on the kept (and relabelled) samples."""
@@ -197,6 +177,36 @@ class StageRunner:
         attack = self.attack(task, bundle, poisoned)
         model = self.model(task, "defend", bundle)
         return Outcome(metrics=backdoor_metrics(model, bundle.test, attack, self.device))
+
+
+def build_context(defense: Defense, chain: dict[str, Any], bundle: DataBundle, poisoned: PoisonedSet,
+                  train: ImageSet, attack: Attack, device: torch.device,
+                  backdoored: torch.nn.Module | None) -> DefenseContext:
+    """The inputs a defense declared in ``needs`` (and nothing else), as the runner hands them over.
+
+    ``chain`` holds the cell's resolved configs: model, recipe, seed, clean_ratio, clean_stratified, curves.
+    """
+    needs, seed, info = defense.needs, chain["seed"], bundle.info()
+
+    def new_model() -> torch.nn.Module:
+        return create_from_spec(chain["model"], info).to(device)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return {m.name: m.value for m in backdoor_metrics(model, bundle.test, attack, device)}
+
+    ctx = DefenseContext(info=info, device=device, seed=seed, recipe=recipe_of(chain), new_model=new_model,
+                         curves=Curves(bool(chain.get("curves"))), evaluate=evaluate)
+    if "backdoored_model" in needs:
+        ctx.model = backdoored
+    if "clean_subset" in needs:
+        split = clean_subset(bundle.train.labels, poisoned.kind != CLEAN, chain["clean_ratio"], seed,
+                             chain.get("clean_stratified", False))
+        ctx.clean, ctx.clean_val = bundle.train.subset(split.fit), bundle.train.subset(split.val)
+    if "poisoned_train" in needs:
+        ctx.train = train
+    if "true_trigger" in needs:
+        ctx.true_trigger = attack.true_trigger()
+    return ctx
 
 
 def recipe_of(chain: dict[str, Any]) -> Recipe:
