@@ -29,6 +29,11 @@ class Recipe:
     gamma: float = 0.1
     augment: tuple[Augment, ...] = ("crop", "flip")
     crop_padding: int = 4
+    # Drop the last, partial batch of each epoch (when the set holds more than one batch). The data are
+    # reshuffled every epoch, so no sample is lost for good; a tail of a few images (2,500 % 64 = 4 in the 5 %
+    # CIFAR-10 subset) gives BatchNorm near-degenerate batch statistics, which measurably wrecks fine-tuning on
+    # small clean subsets (BA 100 % -> 30 % on digits in 5 epochs at lr 0.01). Set false for the papers' loaders.
+    drop_last: bool = True
     augment_params: dict = field(default_factory=dict)   # per-op overrides, e.g. {"rotate": {"degrees": 20}}
     amp: bool = True                      # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True            # on CUDA

@@ -59,10 +59,12 @@ def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device,
-                  shuffle: bool = True) -> Iterator[torch.Tensor]:
+                  shuffle: bool = True, drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """Index batches over a shuffled order; ``drop_last`` drops a partial tail when there is a full batch."""
     order = (torch.randperm(n, generator=generator, device=generator.device).to(device) if shuffle
              else torch.arange(n, device=device))
-    for start in range(0, n, batch_size):
+    stop = n - n % batch_size if drop_last and n > batch_size else n
+    for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]
 
 
@@ -116,7 +118,7 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
     channels_last = device.type == "cuda" and recipe.channels_last
     for epoch in range(recipe.epochs):
         model.train()
-        for idx in batch_indices(len(data), recipe.batch_size, gen, device):
+        for idx in batch_indices(len(data), recipe.batch_size, gen, device, drop_last=recipe.drop_last):
             x = augment(data.images[idx], recipe.augment, gen_for_device(gen, device), recipe.crop_padding,
                         params=recipe.augment_params or None)
             if channels_last:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-
 from defensetest import evaluate, make_context, make_defense
 
 
