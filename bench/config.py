@@ -107,7 +107,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         if args:
             if len(args) != len(value):
                 raise ConfigError(path, f"expected {len(args)} items, got {len(value)}")
-            return tuple(coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(coerce(v, a, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         return tuple(value)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):

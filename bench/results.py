@@ -37,7 +37,31 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         row["key"] = c["key"]
         row["config"] = json.dumps(c["config"], sort_keys=True)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        for kind in ("attack", "defense"):
+            frame[f"{kind}_variant"] = variant_labels([json.loads(c)[kind] for c in frame["config"]])
+    return frame
+
+
+def variant_labels(specs: list[dict[str, Any]]) -> list[str]:
+    """``ft`` or ``ft[lr=0.1]``: a plugin's name plus the options that vary among the cells using it."""
+    varying: dict[str, list[str]] = {}
+    for name in {s["name"] for s in specs}:
+        same = [s for s in specs if s["name"] == name]
+        keys = sorted({k for s in same for k in s if k != "name"})
+        varying[name] = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in same}) > 1]
+    out = []
+    for s in specs:
+        opts = ",".join(f"{k}={_short(s.get(k))}" for k in varying[s["name"]])
+        out.append(f"{s['name']}[{opts}]" if opts else s["name"])
+    return out
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +69,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     metrics = [m for m in ("ba", "asr", "ra") if m in frame]
-    keys = ["dataset", "model", "attack", "defense", "clean_ratio"]
+    keys = ["dataset", "model", "attack_variant", "defense_variant", "clean_ratio"]
     grouped = frame.groupby(keys, sort=False, dropna=False)
     out = grouped[metrics].agg(["mean", "std", "count"]) if metrics else grouped.size().to_frame("n")
     table = pd.DataFrame(index=out.index)
@@ -53,7 +77,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         table[m.upper()] = [_pm(mu, sd, n) for mu, sd, n in zip(out[(m, "mean")], out[(m, "std")], out[(m, "count")])]
     if metrics:
         table["n"] = out[(metrics[0], "count")].astype(int)
-    return table.reset_index()
+    return table.reset_index().rename(columns={"attack_variant": "attack", "defense_variant": "defense"})
 
 
 def _pm(mu: float, sd: float, n: int) -> str:

@@ -223,3 +223,5 @@ def upgrade(workspace, db_url):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from bench.cli.report import COMMANDS as _REPORT_COMMANDS  # noqa: E402, I001  (report, baseline, check)
+for _command in _REPORT_COMMANDS: main.add_command(_command)  # noqa: E701

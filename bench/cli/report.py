@@ -1,0 +1,249 @@
+"""``bench report``, ``bench baseline`` and ``bench check``: each a docstring plus calls into bench.report."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bench.cli.options import db_option, storage_for, workspace_option
+
+FORMATS = ("html", "tex", "csv")
+
+
+def _formats(ctx, param, value: str) -> list[str]:
+    out = [f.strip() for f in value.split(",") if f.strip()]
+    for f in out:
+        if f not in FORMATS:
+            raise click.BadParameter(f"{f!r}; valid: {', '.join(FORMATS)} (comma-separated)")
+    return out
+
+
+def _figures(ctx, param, values) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        parts = dict(p.split("=", 1) for p in v.split(",") if "=" in p)
+        if not {"x", "y"} <= set(parts):
+            raise click.BadParameter(f"{v!r}; expected x=AXIS,y=METRIC[,COLUMN=VALUE...] (e.g. x=clean_ratio,y=asr)")
+        x, y = parts.pop("x"), parts.pop("y")
+        out.append((x, y, {k: _scalar(v) for k, v in parts.items()}))
+    return out
+
+
+def _scalar(text: str):
+    import yaml
+    return yaml.safe_load(text)
+
+
+def _sweep_frame(storage, sweep: str):
+    from bench.config import closest
+    from bench.results import cells_frame
+
+    names = storage.sweep_names()
+    if sweep not in names:
+        raise click.BadParameter(f"no sweep {sweep!r}; {closest(sweep, names)}", param_hint="'--sweep'")
+    return cells_frame(storage, sweep)
+
+
+@click.command()
+@click.argument("target", metavar="SWEEP_OR_SPEC")
+@click.option("--spec", default=None, help="Table spec (name in reports/specs or a .yaml path) for a sweep.")
+@click.option("--sweep", "sweep_name", default=None, help="The sweep to read when SWEEP_OR_SPEC is a spec.")
+@click.option("--format", "formats", default="html,tex,csv", show_default=True, callback=_formats,
+              help="Comma-separated output formats: html, tex, csv.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/out"),
+              show_default=True, help="Output folder.")
+@click.option("--figure", "figures", multiple=True, callback=_figures, metavar="x=AXIS,y=METRIC",
+              help="An ablation figure: metric vs a column or config path (clean_ratio, defense.tau); extra "
+                   "COLUMN=VALUE pairs filter the cells (defense=ft). Repeatable.")
+@click.option("--reference", default=None, help="Paper numbers (reports/reference name or CSV); default: the spec's.")
+@workspace_option
+@db_option
+def report(target, spec, sweep_name, formats, out, figures, reference, workspace, db_url):
+    """Render a sweep as a paper table (HTML, LaTeX, CSV), with paper vs ours and ablation figures.
+
+    SWEEP_OR_SPEC is a sweep name (its spec: --spec, else reports/specs/SWEEP.yaml or the spec naming the
+    sweep, else one group per defense) or a table spec (its sweep: --sweep, else the spec's 'sweep:').
+    """
+    from bench import report as rp
+
+    storage = storage_for(workspace, db_url, create=False)
+    try:
+        if target in storage.sweep_names():
+            table_spec = rp.load_spec(spec) if spec else rp.spec_for_sweep(target)
+            sweep_name = target
+            frame = _sweep_frame(storage, sweep_name)
+            table_spec = table_spec or rp.default_spec(frame, target)
+        else:
+            table_spec = rp.load_spec(target)
+            sweep_name = sweep_name or table_spec.sweep
+            if not sweep_name:
+                raise click.BadParameter(f"spec {target!r} names no sweep; pass --sweep", param_hint="'--sweep'")
+            frame = _sweep_frame(storage, sweep_name)
+        table = rp.build_table(frame, table_spec, rp.provenance_of(frame, storage))
+        ref_name = reference or table_spec.reference
+        comparison = rp.paper_vs_ours(table, rp.load_reference(ref_name)) if ref_name else None
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / table_spec.name
+        pngs = []
+        for x, y, where in figures:
+            paths = rp.ablation_figure(frame, x, y, out / f"{table_spec.name}_{y}_vs_{x.replace('.', '_')}",
+                                       filters=where)
+            pngs.append(paths[0])
+            click.echo(f"wrote {paths[0]} and {paths[1].name}")
+    except rp.SpecError as err:
+        raise click.BadParameter(str(err), param_hint="'SWEEP_OR_SPEC'") from None
+    written = _write(rp, table, comparison, pngs, formats, stem)
+    for p in written:
+        click.echo(f"wrote {p}")
+    if table.missing:
+        click.echo(f"{table.missing} of {len(table.stats)} cells have no result (shown as —)")
+
+
+def _write(rp, table, comparison, pngs, formats, stem: Path) -> list[Path]:
+    written = []
+    if "html" in formats:
+        written.append(stem.with_suffix(".html"))
+        written[-1].write_text(rp.render_html(table, comparison, pngs))
+    if "tex" in formats:
+        written.append(stem.with_suffix(".tex"))
+        written[-1].write_text(rp.render_latex(table))
+    if "csv" in formats:
+        written.append(stem.with_suffix(".csv"))
+        written[-1].write_text(rp.table_csv(table))
+        if comparison is not None and len(comparison):
+            written.append(stem.parent / f"{stem.name}_vs_paper.csv")
+            comparison.to_csv(written[-1], index=False)
+    return written
+
+
+# -- baselines -------------------------------------------------------------------------------------------
+@click.group()
+def baseline():
+    """Named regression baselines: save a sweep's values, export/import them as CSV."""
+
+
+@baseline.command("save")
+@click.argument("name")
+@click.option("--sweep", "sweep_name", required=True, help="The sweep whose current values become the baseline.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the baseline as CSV (e.g. reports/baselines/NAME.csv).")
+@workspace_option
+@db_option
+def baseline_save(name, sweep_name, out, workspace, db_url):
+    """Store per cell (evaluate key) and metric the value and a tolerance (per-metric default, seed spread)."""
+    from bench import report as rp
+    from bench.db.baselines import save_baseline
+
+    storage = storage_for(workspace, db_url, create=False)
+    values = rp.baseline_values(_sweep_frame(storage, sweep_name))
+    if values.empty:
+        raise click.ClickException(f"sweep {sweep_name!r} has no finished cells to store")
+    n = save_baseline(storage, name, values.to_dict("records"), sweep=sweep_name)
+    click.echo(f"baseline {name!r}: {n} values from sweep {sweep_name!r}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        values.to_csv(out, index=False)
+        click.echo(f"wrote {out}")
+
+
+@baseline.command("export")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@workspace_option
+@db_option
+def baseline_export(name, file, workspace, db_url):
+    """Write baseline NAME as CSV (key, cell labels, metric, value, tolerance) for committing to the repo."""
+    storage = storage_for(workspace, db_url, create=False)
+    frame = _stored_baseline(storage, name)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(file, index=False)
+    click.echo(f"wrote {file} ({len(frame)} values)")
+
+
+@baseline.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Baseline name (default: the file's stem).")
+@workspace_option
+@db_option
+def baseline_import(file, name, workspace, db_url):
+    """Store a baseline CSV (as written by 'export' or 'save --out') in the database."""
+    from bench.db.baselines import save_baseline
+
+    frame = _read_baseline_csv(file)
+    storage = storage_for(workspace, db_url)
+    n = save_baseline(storage, name or file.stem, frame.to_dict("records"), description=f"imported from {file}")
+    click.echo(f"baseline {name or file.stem!r}: {n} values")
+
+
+def _stored_baseline(storage, name: str):
+    from bench.config import closest
+    from bench.db.baselines import baseline_names, load_baseline
+    from bench.results import cells_frame
+
+    try:
+        info, frame = load_baseline(storage, name)
+    except KeyError:
+        raise click.BadParameter(f"no baseline {name!r}; {closest(name, baseline_names(storage))}",
+                                 param_hint="'NAME'") from None
+    if info["sweep"] and info["sweep"] in storage.sweep_names():     # add the cell labels for readers
+        labels = cells_frame(storage, info["sweep"])
+        cols = ["key", "dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed"]
+        frame = frame.merge(labels[[c for c in cols if c in labels]].drop_duplicates("key"), on="key", how="left")
+    from bench.report import better_of
+    return frame.assign(better=frame["metric"].map(better_of))
+
+
+def _read_baseline_csv(file: Path):
+    import pandas as pd
+
+    frame = pd.read_csv(file)
+    missing = {"key", "metric", "value"} - set(frame.columns)
+    if missing:
+        raise click.BadParameter(f"{file}: missing columns {sorted(missing)}", param_hint="'--baseline'")
+    return frame
+
+
+# -- check -----------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("sweep_arg", metavar="[SWEEP]", required=False)
+@click.option("--sweep", "sweep_name", default=None, help="The sweep to check (or give it as SWEEP).")
+@click.option("--baseline", "--against", "against", required=True, metavar="NAME|FILE.csv",
+              help="A stored baseline name or a baseline CSV (reports/baselines/NAME.csv).")
+@click.option("--verbose", is_flag=True, help="Print every value, not only the cells that moved.")
+@workspace_option
+@db_option
+def check(sweep_arg, sweep_name, against, verbose, workspace, db_url):
+    """Compare a sweep with a baseline: one verdict per cell (pass, warn, fail, insufficient).
+
+    A value fails when it is worse than the baseline by more than its tolerance in the metric's direction
+    (ASR lower is better; BA, RA and detection metrics higher); exit code 1 on any fail.
+    """
+    import pandas as pd
+
+    from bench import report as rp
+
+    sweep_name = sweep_name or sweep_arg
+    if not sweep_name:
+        raise click.UsageError("name the sweep: bench check SWEEP --baseline NAME")
+    storage = storage_for(workspace, db_url, create=False)
+    frame = _sweep_frame(storage, sweep_name)
+    path = Path(against)
+    if path.suffix == ".csv" and not path.exists():
+        raise click.BadParameter(f"{path}: no such baseline file", param_hint="'--baseline'")
+    base = _read_baseline_csv(path) if path.suffix == ".csv" else _stored_baseline(storage, against)
+    result = rp.compare(frame, base)
+    cells = rp.cell_verdicts(result)
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 120):
+        shown = cells if verbose else cells[cells["verdict"] != "pass"]
+        if len(shown):
+            click.echo(shown.drop(columns=["key"]).assign(key=shown["key"].str[:12]).to_string(index=False))
+    counts = cells["verdict"].value_counts().to_dict()
+    click.echo(f"{len(cells)} cells: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in rp.VERDICT_ORDER))
+    extra = sorted(set(frame["key"]) - set(base["key"]))
+    if extra:
+        click.echo(f"{len(extra)} cells of the sweep are not in the baseline (not checked)")
+    sys.exit(1 if counts.get("fail") else 0)
+
+
+COMMANDS = (report, baseline, check)

@@ -1,0 +1,160 @@
+"""MCR — Mode Connectivity Repair (Zhao, Chen, Das, Ramamurthy & Lin, ICLR 2020, "Bridging Mode Connectivity
+in Loss Landscapes and Adversarial Robustness").  D-BR (seed 001) Table 2 compares against it with 1 % clean
+training data.
+
+§2 / §3.1: connect two end-point models θ0, θ1 by a quadratic Bézier curve (Garipov et al., 2018)
+
+    θ(t) = (1 − t)² θ0 + 2 t (1 − t) θc + t² θ1,   t ∈ [0, 1]                                        (Eq. 2)
+
+and train only the control point θc on the defender's clean ("bonafide") data, minimising the loss averaged
+over the path, E_{t ~ U(0, 1)} L(θ(t)) with one t drawn per batch (Eq. 3).  §3.2: along the path the backdoor
+fades out while clean accuracy stays high in the middle; the repaired model is θ(t) at a fixed t.
+
+End points (§3.2, "limited bonafide data"): θ0 = the backdoored model, θ1 = the backdoored model fine-tuned on
+the same clean subset.  The control point starts on the segment, θc = (θ0 + θ1) / 2 (Garipov et al.'s
+initialisation).  Only parameters lie on the curve; BatchNorm running statistics are not interpolated but
+recomputed on the clean subset for the chosen t, as Garipov et al. do for every point they evaluate.
+
+Defaults: t = 0.4 (§3.2, Fig. 2: the CIFAR-10 range t ≈ 0.3-0.4 where the error on triggered data is near its
+minimum while clean error is still low; BackdoorBench's MCR port also reads t = 0.4).  Curve training as the
+mode-connectivity code it builds on: SGD momentum 0.9, wd 5e-4, lr 0.015; 200 epochs on the clean subset; the
+end-point fine-tune uses the same optimiser for ``endpoint_epochs``.  Nothing is selected on test data; a
+given t is read off, and ``val_acc`` (accuracy on the held-out clean slice at t) is stored with the result.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from bench.data.imageset import ImageSet
+from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
+from bench.recipes import Recipe
+from bench.registry import register_defense
+from bench.train import batch_indices, fit, predict
+
+
+@dataclass(frozen=True)
+class MCRConfig(DefenseConfig):
+    t: float = 0.4                         # §3.2, Fig. 2 (CIFAR-10)
+    curve_epochs: int = 200                # curve training (Garipov et al. setting used by §3.1)
+    endpoint_epochs: int = 20              # fine-tuned end point θ1 (FT-style; the paper fixes no count)
+    lr: float = 0.015                      # curve and end-point SGD lr
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: Literal["cosine", "none"] = "cosine"
+    augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
+
+    def __post_init__(self):
+        if not 0.0 <= self.t <= 1.0:
+            raise ValueError(f"t must lie in [0, 1], got {self.t}")
+
+    def recipe(self, epochs: int) -> Recipe:
+        return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                      batch_size=self.batch_size, epochs=epochs, schedule=self.schedule, augment=self.augment)
+
+
+# --- the curve -----------------------------------------------------------------------------------------------
+
+def bezier(theta0: torch.Tensor, theta_c: torch.Tensor, theta1: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 2: the quadratic Bézier point; exactly θ0 at t = 0 and exactly θ1 at t = 1."""
+    return (1 - t) ** 2 * theta0 + 2 * t * (1 - t) * theta_c + t ** 2 * theta1
+
+
+class BezierCurve(nn.Module):
+    """The curve's parameters: frozen end points (dicts by parameter name) and the trainable control point."""
+
+    def __init__(self, start: nn.Module, end: nn.Module):
+        super().__init__()
+        p0, p1 = dict(start.named_parameters()), dict(end.named_parameters())
+        self.names = list(p0)
+        self.theta0 = {n: p0[n].detach().clone() for n in self.names}
+        self.theta1 = {n: p1[n].detach().clone() for n in self.names}
+        self.control = nn.ParameterList([nn.Parameter((self.theta0[n] + self.theta1[n]) / 2) for n in self.names])
+
+    def point(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """{parameter name: θ(t)} (differentiable in the control point)."""
+        return {n: bezier(self.theta0[n], c, self.theta1[n], t) for n, c in zip(self.names, self.control)}
+
+
+def curve_loss(model: nn.Module, curve: BezierCurve, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+    """Eq. 3 on one batch: CE of θ(t) with t ~ U(0, 1) drawn once for the batch."""
+    t = float(torch.rand((), generator=generator))
+    return F.cross_entropy(functional_call(model, curve.point(t), (x,)), y)
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> nn.Module:
+    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on ``data``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    data = data.to(device)
+    for idx in batch_indices(len(data), batch_size, None, device, shuffle=False):
+        model(data.images[idx].float().div_(255))
+    for bn, mom in zip(bns, momenta):
+        bn.momentum = mom
+    return model.eval()
+
+
+def model_at(base: nn.Module, curve: BezierCurve, t: float, clean: ImageSet, batch_size: int,
+             device: torch.device) -> nn.Module:
+    """A standalone model with θ(t) loaded and BN statistics recomputed on the clean subset."""
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        point = curve.point(t)
+        for name, p in model.named_parameters():
+            p.copy_(point[name])
+            p.requires_grad_(True)
+    return recompute_bn(model, clean, batch_size, device)
+
+
+def accuracy(model: nn.Module, data: ImageSet) -> float:
+    return float((predict(model, data.images) == data.labels.cpu()).float().mean()) if len(data) else float("nan")
+
+
+@register_defense("mcr", display_name="MCR")
+class MCR(Defense):
+    """Fine-tune an end point, train the Bézier control point on clean data, read the model at t."""
+
+    Config = MCRConfig
+    paradigm = "post_training"
+    needs = frozenset({"backdoored_model", "clean_subset"})
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        cfg = self.cfg
+        start = copy.deepcopy(ctx.model)
+        end = fit(copy.deepcopy(ctx.model), ctx.clean, cfg.recipe(cfg.endpoint_epochs), device=ctx.device,
+                  seed=ctx.seed)
+        curve = BezierCurve(start, end).to(ctx.device)
+        work = copy.deepcopy(start)
+        for p in work.parameters():
+            p.requires_grad_(False)
+        gen = ctx.generator("mcr-t")
+
+        def on_epoch(epoch: int, _model: nn.Module) -> None:
+            if ctx.curves.enabled:
+                probe = model_at(start, curve, cfg.t, ctx.clean, cfg.batch_size, ctx.device)
+                ctx.curves.record(epoch, val_acc=accuracy(probe, ctx.clean_val), **ctx.evaluate(probe))
+
+        fit(work, ctx.clean, cfg.recipe(cfg.curve_epochs), device=ctx.device, seed=ctx.seed + 1,
+            params=list(curve.control), loss_fn=lambda m, x, y, idx: curve_loss(m, curve, x, y, gen),
+            on_epoch=on_epoch)
+        model = model_at(start, curve, cfg.t, ctx.clean, cfg.batch_size, ctx.device)
+        metrics = {"t": cfg.t}
+        if ctx.clean_val is not None and len(ctx.clean_val):
+            metrics["val_acc"] = accuracy(model, ctx.clean_val)
+            metrics["val_acc_endpoint"] = accuracy(end, ctx.clean_val)
+        return DefenseResult(model=model, metrics=metrics)

@@ -1,0 +1,49 @@
+"""I-BAU: the fixed-point hypergradient against the analytic implicit gradient of a quadratic, and unlearning
+the digits backdoor."""
+from __future__ import annotations
+
+import torch
+from defensetest import evaluate, make_context, make_defense
+
+from defenses.ibau import implicit_hypergradient
+
+
+def _quadratic():
+    """Inner g = 1/2 d^T A d - d^T B t (so d* = A^-1 B t); outer H = 1/2 ||d - c||^2 + e . t."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    a = q @ torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)) @ q.T
+    b = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    c, e = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(2, generator=g, dtype=torch.float64)
+    t = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    d_star = torch.linalg.solve(a, b @ t.detach())
+    def inner(d): return 0.5 * d @ a @ d - d @ b @ t
+    def outer(d): return 0.5 * (d - c).pow(2).sum() + e @ t
+    return a, b, c, e, t, d_star, inner, outer
+
+
+def test_hypergradient_equals_the_analytic_implicit_gradient():
+    a, b, c, e, t, d_star, inner, outer = _quadratic()
+    analytic = e + b.T @ torch.linalg.solve(a, d_star - c)      # dH/dt = e + (A^-1 B)^T (d* - c)
+    (grad,) = implicit_hypergradient(d_star, [t], inner, outer, k=500, fp_step=0.1)
+    assert torch.allclose(grad, analytic, atol=1e-9)
+    # K iterations are the truncated Neumann series: v_K = sum_{j<K} (I - eta A)^j (d* - c)
+    eta, m = 0.1, torch.eye(3, dtype=torch.float64) - 0.1 * a
+    v2 = (torch.eye(3, dtype=torch.float64) + m) @ (d_star - c)
+    (grad2,) = implicit_hypergradient(d_star, [t], inner, outer, k=2, fp_step=eta)
+    assert torch.allclose(grad2, e + eta * b.T @ v2, atol=1e-12)
+    assert (grad2 - analytic).abs().max() > 1e-3                 # so K really truncates
+
+
+def test_ibau_changes_the_model_and_lowers_asr(backdoor):
+    defense = make_defense({"name": "ibau"})
+    ctx = make_context(backdoor, defense, clean_ratio=0.3)
+    before = [p.clone() for p in ctx.model.parameters()]
+    out = defense.run(ctx)
+    assert any(not torch.equal(a, b) for a, b in zip(before, out.model.parameters()))
+    # Measured at clean ratio 0.3 (388 images, 4 batches of <= 100, 20 outer steps): seed 0 ASR 1.00 -> 0.34,
+    # BA 0.997 -> 0.889 (seeds 1, 2: ASR 0.15 / 0.01, BA 0.80 / 0.73).  I-BAU is noisy on this tiny set.
+    after = evaluate(backdoor, out.model)
+    assert after["asr"] <= backdoor.metrics["asr"] - 0.4, after
+    assert after["ba"] >= backdoor.metrics["ba"] - 0.2, after
+    assert out.metrics["delta_l2"] > 0

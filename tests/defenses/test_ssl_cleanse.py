@@ -1,0 +1,99 @@
+"""SimCLR training-set cleansing (seed 002): kNN / Energy decisions (§3.3, Eq. 6), the relabel threshold
+(Alg. 1, lambda = 80), the App. G combination, and a tiny run on the BadNets digits set."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from defensetest import evaluate, make_context, make_defense
+
+from bench.attack import POISONED
+from bench.train import seed_everything
+from defenses.ssl_cleanse import Decision, cleanse, combine, energy_decide, energy_scores, knn_decide
+
+
+def _toy():
+    """Five points near angle 0 labelled 0, five near angle pi labelled 1, and one point near angle 0 labelled 1
+    (a "poisoned" sample: its neighbours all carry label 0)."""
+    angles = torch.tensor([0.0, 0.05, -0.05, 0.1, -0.1, math.pi, math.pi + 0.05, math.pi - 0.05, math.pi + 0.1,
+                           math.pi - 0.1, 0.02])
+    z = torch.stack([angles.cos(), angles.sin()], 1)
+    labels = torch.tensor([0] * 5 + [1] * 5 + [1])
+    return z, labels
+
+
+def test_knn_and_energy_decide_by_the_neighbours():
+    z, labels = _toy()
+    knn = knn_decide(z, labels, k=3, num_classes=2)
+    assert knn.pred.tolist() == [0] * 5 + [1] * 5 + [0]          # the odd one is outvoted by its neighbours
+    assert (knn.conf[5:] == 1).all()                             # cluster 1 and the odd one: 3 of 3 votes
+    assert (knn.conf[:5] >= 2 / 3 - 1e-6).all()                  # the odd one can take 1 of 3 votes in cluster 0
+    assert knn.score[-1] == 1.0 and knn.score[:-1].max() <= 1 / 3 + 1e-6
+    energy = energy_decide(z, labels, num_classes=2, tau=0.5)
+    assert energy.pred.tolist() == [0] * 5 + [1] * 5 + [0]
+    assert energy.score.argmax() == 10 and energy.score[:-1].max() == 0.0  # margin max_c S_c - S_y
+    flags, relabels, _ = cleanse(knn, labels, 80.0)
+    assert flags.tolist() == [False] * 10 + [True]
+
+
+def test_energy_score_equals_eq6_by_hand():
+    z = F.normalize(torch.tensor([[1.0, 0.2], [0.9, 0.1], [-0.3, 1.0], [0.1, -1.0]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    tau = 0.5
+    s = energy_scores(z, labels, num_classes=2, tau=tau)
+    e = [[math.exp(float(z[i] @ z[j]) / tau) for j in range(4)] for i in range(4)]
+    for i in range(4):
+        denominator = sum(e[i][k] for k in range(4) if k != i)
+        for c in (0, 1):
+            members = [k for k in range(4) if labels[k] == c and k != i]
+            expected = math.log(sum(e[i][k] / denominator for k in members) / len(members))
+            assert abs(float(s[i, c]) - expected) < 1e-5, (i, c)
+    # sample 0: its own class's only other member is sample 1, the nearest point -> class 0 wins
+    assert s[0].argmax() == 0 and abs(float(s[0, 0]) - math.log(e[0][1] / (e[0][1] + e[0][2] + e[0][3]))) < 1e-5
+
+
+def test_relabel_threshold_is_the_80th_percentile_of_accepted_confidences():
+    labels = torch.zeros(14, dtype=torch.long)
+    pred = torch.tensor([0] * 10 + [1] * 4)                             # 10 accepted, 4 rejected
+    conf_acc = torch.tensor([0.10, 0.20, 0.30, 0.35, 0.40, 0.55, 0.60, 0.70, 0.90, 0.95])
+    conf_rej = torch.tensor([0.50, 0.80, 0.81, 0.99])
+    dec = Decision(pred, torch.cat([conf_acc, conf_rej]), torch.zeros(14))
+    flags, relabels, t = cleanse(dec, labels, 80.0)
+    assert abs(t - np.percentile(conf_acc.numpy(), 80)) < 1e-9 and abs(t - 0.74) < 1e-6
+    assert flags.tolist() == [False] * 10 + [True] * 4
+    assert relabels.tolist() == [-1] * 10 + [-1, 1, 1, 1]               # conf > 0.74 only
+    flags, relabels, _ = cleanse(dec, labels, 80.0, filtering=False)  # Table 3 "SimCLR + relabeling"
+    assert not flags.any() and int((relabels >= 0).sum()) == 3
+    flags, relabels, _ = cleanse(dec, labels, 80.0, relabelling=False)  # "SimCLR + filtering"
+    assert int(flags.sum()) == 4 and not (relabels >= 0).any()
+
+
+def test_knn_and_energy_combination_needs_both():
+    knn = (torch.tensor([True, True, False, True]), torch.tensor([2, -1, -1, 1]), 0.5)
+    energy = (torch.tensor([True, False, True, True]), torch.tensor([2, -1, -1, 3]), -1.0)
+    flags, relabels, _, scores = combine(knn, energy, torch.tensor([3.0, 2, 1, 0]), torch.tensor([3.0, 2, 1, 0]))
+    assert flags.tolist() == [True, True, True, True]                  # rejected by either -> rejected
+    assert relabels.tolist() == [2, -1, -1, -1]                        # relabelled by both, to the same class
+    assert scores.tolist() == [1.0, 2 / 3, 1 / 3, 0.0]
+
+
+def test_simclr_filtering_removes_the_digits_poison(backdoor):
+    """Tiny SimCLR (15 epochs) + kNN + SupCon (3 + 3 epochs) on the BadNets digits set (130 of 1,437 poisoned)."""
+    torch.set_num_threads(2)
+    defense = make_defense({"name": "ssl_cleanse", "simclr_epochs": 15, "simclr_batch_size": 256,
+                            "supcon_epochs": 3, "supcon_batch_size": 256, "linear_epochs": 3, "linear_lr": 1.0,
+                            "linear_batch_size": 256})
+    ctx = make_context(backdoor, defense)
+    assert ctx.train is not None and ctx.model is None and ctx.clean is None
+    seed_everything(0)
+    out = defense.run(ctx)
+    poisoned = backdoor.poisoned.kind == POISONED
+    kept = ~out.flags
+    poison_kept = float((kept & poisoned).sum() / poisoned.sum())
+    clean_kept = float((kept & ~poisoned).sum() / (~poisoned).sum())
+    assert poison_kept < 0.25 and clean_kept > 0.6, (poison_kept, clean_kept)   # measured 0.03 / 0.81 at 20 epochs
+    assert out.metrics["k"] == round(len(poisoned) / 10 / 2)                   # half the per-class count
+    assert out.metrics["relabel_count"] == float((out.relabels >= 0).sum())
+    assert out.model is not None and evaluate(backdoor, out.model)["ba"] > 0.2   # SupCon + linear head trains
