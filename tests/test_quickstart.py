@@ -11,7 +11,7 @@ from benchtest import REPO
 
 def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ})
+                          timeout=1200, env={**os.environ})
 
 
 def test_quickstart_plants_the_backdoor_and_keeps_accuracy(workspace):
