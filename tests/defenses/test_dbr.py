@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from defensetest import evaluate, make_context, make_defense
 
 from bench.attack import POISONED
+from bench.train import seed_everything
 from defenses._sd import SDConfig, distinguish, run_epoch
 from defenses.dbr import unlearn_loss
 
@@ -41,6 +42,7 @@ def test_dbr_removes_the_backdoor_and_records_curves(backdoor):
     # the paper's lr would be 5 tiny steps.
     defense = make_defense({"name": "dbr", **SD, "rounds": 5, "lr": 0.01})
     ctx = make_context(backdoor, defense, curves=True)
+    seed_everything(0)                      # as the runner does before run(): independent of test order
     out = defense.run(ctx)
     n = len(backdoor.train)
     assert int(out.flags.sum()) == math.floor(n * 0.05) and out.metrics["sd_n_clean"] == math.floor(n * 0.2)
