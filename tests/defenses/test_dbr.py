@@ -26,14 +26,17 @@ def test_unlearning_epoch_raises_the_loss_on_dp(backdoor):
     defense = make_defense({"name": "dbr", **SD})
     ctx = make_context(backdoor, defense)
     assert ctx.clean is None and ctx.model is not None and ctx.train is not None
+    seed_everything(0)
     split = distinguish(ctx.train, ctx.new_model, SDConfig(**SD), ctx.device, torch.Generator().manual_seed(0))
     d_p = ctx.train.subset(split.poisoned)
     model = ctx.model
     before = _ce(model, d_p)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    run_epoch(model, d_p, opt, unlearn_loss, 128, torch.Generator().manual_seed(0), ("crop", "flip"))
+    # No augmentation and lr 1e-3: at the paper's lr 1e-4 a single step of ascent on one batch of 71 digits is
+    # smaller than the shift that BatchNorm's running statistics (updated in train mode) cause, so the sign of
+    # the change depended on test order. Without augmentation the ascent step acts on exactly the measured images.
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    run_epoch(model, d_p, opt, unlearn_loss, 128, torch.Generator().manual_seed(0), ())
     after = _ce(model, d_p)
-    # Measured: 0.0031 -> 0.0034 at the paper's lr 1e-4 (one batch of 71 samples).
     assert after > before, (before, after)
 
 
