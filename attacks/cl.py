@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attack import POISONED, Attack, AttackConfig, PoisonedSet, Trigger
+from bench.attack import POISONED, Attack, CleanLabelConfig, PoisonedSet, Trigger
 from bench.data.imageset import DataInfo, ImageSet
 from bench.registry import register_attack
 from bench.triggers import (
@@ -36,7 +36,7 @@ from bench.triggers import (
 
 
 @dataclass(frozen=True)
-class CLConfig(AttackConfig):
+class CLConfig(CleanLabelConfig):
     eps: float = 8.0                    # seed 000 App. A.2 / seed 001 code: 8/255, in pixel units
     step_size: float = 2.0              # seed 001 code: 2/255 per step, pixel units
     steps: int = 4                      # seed 001 code
@@ -51,8 +51,6 @@ class CLConfig(AttackConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.label_mode != "all2one":
-            raise ValueError("cl is clean-label: label_mode must be all2one")
         if self.eps < 0 or self.step_size < 0 or self.steps < 0:
             raise ValueError("eps, step_size and steps must be >= 0")
 

@@ -13,24 +13,19 @@ from typing import ClassVar, Optional
 
 import torch
 
-from bench.attack import Attack, AttackConfig
+from bench.attack import Attack, CleanLabelConfig
 from bench.data.imageset import DataInfo
 from bench.registry import register_attack
 from bench.triggers import add_signal, sinusoid
 
 
 @dataclass(frozen=True)
-class SIGConfig(AttackConfig):
+class SIGConfig(CleanLabelConfig):
     delta: float = 20.0                 # seed 000 App. A.2 (D-BR: 40), pixel units
     test_delta: Optional[float] = None  # test-time delta (None: delta; D-BR's code: 60)
     freq: float = 6.0                   # seeds 000 App. A.2 / 001: f = 6
     target: int = 0                     # seed 001 §5.1 (D-BR code); MCL uses 5, LfD 1
     poison_rate: float = 0.08           # seed 000 §4.1 / seed 003 Tab. 1: 8 % of the target class
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.label_mode != "all2one":
-            raise ValueError("sig is clean-label: label_mode must be all2one")
 
 
 @register_attack("sig", display_name="SIG")

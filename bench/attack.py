@@ -41,6 +41,16 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class CleanLabelConfig(AttackConfig):
+    """Base of clean-label attacks (SIG, CL): labels are never changed, so only all2one makes sense."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.label_mode != "all2one":
+            raise ValueError(f"{type(self).__name__} is clean-label: label_mode must be all2one")
+
+
+@dataclass(frozen=True)
 class Trigger:
     """A mask-and-pattern trigger in [0, 1] units: x' = (1 - mask) * x + mask * pattern.
 

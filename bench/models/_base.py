@@ -45,3 +45,18 @@ class Backbone(nn.Module):
 
     def block(self, name: str) -> nn.Module:
         return self.get_submodule(name)
+
+
+def add_stages(model: nn.Module, block, layers: Sequence[int], widths: Sequence[int], cin: int,
+               reduction: int) -> int:
+    """Add ``layer1..layerN`` (``layers[i]`` blocks of ``block(cin, cout, stride)``; stride 2 from the second
+    stage on) to ``model`` and record each in ``model.feature_info``; returns the last stage's width."""
+    model.feature_info = []
+    for i, (depth, cout) in enumerate(zip(layers, widths, strict=True)):
+        stride = 1 if i == 0 else 2
+        reduction *= stride
+        blocks = [block(cin if j == 0 else cout, cout, stride if j == 0 else 1) for j in range(depth)]
+        model.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        model.feature_info.append(dict(name=f"layer{i + 1}", channels=cout, reduction=reduction))
+        cin = cout
+    return cin

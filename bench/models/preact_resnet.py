@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models._base import Backbone
+from bench.models._base import Backbone, add_stages
 from bench.registry import register_model
 
 
@@ -54,15 +54,7 @@ class PreActResNet(Backbone):
         widths = (64, 128, 256, 512)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         cin, reduction = widths[0], 1
-        self.feature_info = []
-        for i, (depth, cout) in enumerate(zip(layers, widths, strict=True)):
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            blocks = [PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                      for j in range(depth)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(name=f"layer{i + 1}", channels=cout, reduction=reduction))
-            cin = cout
+        add_stages(self, PreActBlock, layers, widths, cin, reduction)
         self.pool = nn.AdaptiveAvgPool2d(1)  # BackdoorBench: AvgPool2d(4) at 32 px, adaptive later
         self.num_features = widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models._base import Backbone
+from bench.models._base import Backbone, add_stages
 from bench.registry import register_model
 
 Stem = Literal["auto", "cifar", "cifar_maxpool", "imagenet"]
@@ -103,15 +103,7 @@ class ResNet(Backbone):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
         cin, reduction = widths[0], _STEM_REDUCTION[stem]
-        self.feature_info = []
-        for i, (depth, cout) in enumerate(zip(layers, widths, strict=True)):
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            blocks = [BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                      for j in range(depth)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(name=f"layer{i + 1}", channels=cout, reduction=reduction))
-            cin = cout
+        add_stages(self, BasicBlock, layers, widths, cin, reduction)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
