@@ -95,7 +95,7 @@ class Sweep:
 # entry points
 # ----------------------------------------------------------------------------------------------------------
 def load_sweep(path: str | Path, sets: Iterable[str] = (), profile: str | None = None,
-               profiles_dir: Path | None = None) -> Sweep:
+               profiles_dir: Path | None = None, only: Iterable[str] = ()) -> Sweep:
     """Read, override, expand and resolve a sweep file.
 
     Raises:
@@ -110,13 +110,13 @@ def load_sweep(path: str | Path, sets: Iterable[str] = (), profile: str | None =
     except yaml.YAMLError as err:
         raise ConfigError("", f"not valid YAML: {str(err).splitlines()[0]}", file) from None
     try:
-        return build_sweep(doc, file, sets, profile, profiles_dir)
+        return build_sweep(doc, file, sets, profile, profiles_dir, only)
     except ConfigError as err:
         raise (err if err.file else err.with_file(file)) from None
 
 
 def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | None = None,
-                profiles_dir: Path | None = None) -> Sweep:
+                profiles_dir: Path | None = None, only: Iterable[str] = ()) -> Sweep:
     if not isinstance(doc, Mapping):
         raise ConfigError("", "a sweep file must be a mapping with 'name' and 'grid'")
     doc = copy.deepcopy(dict(doc))
@@ -136,6 +136,11 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
     seeds = _seeds(doc.get("seeds", [0]))
     curves = coerce(doc.get("curves", False), bool, "curves")
     raw = expand(doc)
+    keep = _only_matcher(only)
+    if keep:
+        raw = [(p, c) for p, c in raw if _matches(c, keep)]
+        if not raw:
+            raise ConfigError("--only", f"no cell of the sweep matches {keep}")
     cells, seen = [], set()
     resolver = _Resolver(prof_overlay, set_overlay)
     for _path, entry in raw:
@@ -307,6 +312,22 @@ def _expand_grid(grid: Mapping[str, Any], where: str, zips: list) -> list[tuple[
         paths = {k: p for k, p, _ in flat}
         cells.append((paths.get("defense", where), cell | {"_paths": paths}))
     return cells
+
+
+def _only_matcher(items: Iterable[str]) -> dict[str, Any]:
+    """``--only dataset=cifar10 --only attack.name=[badnets,blend]`` -> one matcher (all keys must match)."""
+    matcher: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--only", f"expected KEY=VALUE such as dataset=cifar10, got {item!r}")
+        try:
+            matcher[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--only {key}", f"not a YAML value: {value!r}") from None
+    if matcher:
+        _check_matcher(matcher, "--only")
+    return matcher
 
 
 def _value_at(cell: Mapping[str, Any], dotted: str) -> Any:

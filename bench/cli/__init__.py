@@ -14,6 +14,7 @@ from bench.cli.options import (
     artifacts_root,
     data_root_option,
     db_option,
+    only_option,
     profile_option,
     set_option,
     storage_for,
@@ -28,13 +29,13 @@ def main() -> None:
     """bdbench: run grids of backdoor attacks x defenses, store every result in SQL, report paper tables."""
 
 
-def _load(file: str, sets, profile):
+def _load(file: str, sets, profile, only=()):
     from bench.config import ConfigError
     from bench.graph import build_graph
     from bench.sweep import load_sweep
 
     try:
-        sweep = load_sweep(file, sets, profile)
+        sweep = load_sweep(file, sets, profile, only=only)
         graph = build_graph(sweep.cells)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="'SWEEP'") from None
@@ -44,6 +45,7 @@ def _load(file: str, sets, profile):
 @main.command()
 @click.argument("file", metavar="SWEEP", type=click.Path(dir_okay=False))
 @set_option
+@only_option
 @profile_option
 @workspace_option
 @db_option
@@ -54,12 +56,12 @@ def _load(file: str, sets, profile):
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--retry-failed", is_flag=True, help="Run jobs that failed in an earlier run again.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def sweep(file, sets, profile, workspace, db_url, data_root, dry_run, workers, device, retry_failed, progress):
+def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, workers, device, retry_failed, progress):
     """Run every cell of a sweep file (cached jobs are skipped).
 
     Exit code 0 when every job succeeded, 1 when any failed, 2 for bad input (nothing is written then).
     """
-    sw, graph = _load(file, sets, profile)
+    sw, graph = _load(file, sets, profile, only)
     if dry_run:
         _dry_run(sw, graph, workspace, db_url)
         return

@@ -19,6 +19,9 @@ data_root_option = click.option(
 set_option = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE",
     help="Override a sweep key (seeds=[0,1], grid.clean_ratio=0.1) or an option (defense.ft.epochs=3). Repeatable.")
+only_option = click.option(
+    "--only", "only", multiple=True, metavar="KEY=VALUE",
+    help="Run only the cells matching every KEY=VALUE (dataset=cifar10, attack.name=[badnets,blend]). Repeatable.")
 profile_option = click.option(
     "--profile", default=None, metavar="NAME", help="Apply sweeps/profiles/NAME.yaml (e.g. mini for CPU-scale runs).")
 sweep_name_option = click.option("--sweep", "sweep_name", default=None, help="Only this sweep (by name).")
