@@ -9,6 +9,11 @@
   its traceback and its descendants are skipped; the rest of the sweep goes on.
 * Before a done job's artifacts are used again they are verified against their recorded sha256; a missing or
   corrupt artifact puts the job back to pending.
+
+This is the single-writer scheduler of one ``bench sweep`` process (the default, on SQLite or any database).
+Scale-out across machines uses pull workers instead (``bench worker``, bench/launch/pull.py): each claims ready
+jobs from a shared database itself; both paths execute jobs through the same ``StageRunner`` and record them
+through the same ``Storage`` calls.
 """
 from __future__ import annotations
 
@@ -56,6 +61,17 @@ class Summary:
         return not self.failed and not self.blocked
 
 
+def run_info(worker: str = "", device: str = "") -> RunInfo:
+    """Host, pid, device and code version (git commit, else the package version) stored with every run."""
+    import torch
+
+    from bench import __version__
+    commit, dirty = code_version()
+    return RunInfo(worker=worker, device=device, host=hostname(), pid=os.getpid(), git_commit=commit,
+                   git_dirty=dirty, python_version=platform.python_version(), torch_version=torch.__version__,
+                   bench_version=__version__)
+
+
 def code_version() -> tuple[str | None, bool | None]:
     """(git commit, dirty flag) of the checkout bench runs from, or (None, None) outside git."""
     root = Path(__file__).resolve().parent.parent
@@ -95,14 +111,8 @@ class Scheduler:
         self.owner = f"{hostname()}:{os.getpid()}"
         self.children = graph.children()
         self.lineage = {k: self._lineage(k) for k in graph.jobs}
-        commit, dirty = code_version()
-        import torch
-
-        from bench import __version__
-        self.info = RunInfo(worker="", device="", host=hostname(), pid=os.getpid(), git_commit=commit,
-                            git_dirty=dirty, python_version=platform.python_version(),
-                            torch_version=torch.__version__, bench_version=__version__)
-        self.is_stale = stale_after(opts.grace_s)
+        self.info = run_info()
+        self.is_stale = stale_after(opts.grace_s, storage.server_now)
 
     def _lineage(self, key: str) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -245,12 +255,15 @@ class Scheduler:
         if msg["ok"]:
             out = msg["outcome"]
             metrics = [(m.name, m.subset, m.value, m.count) for m in out.metrics]
-            self.storage.finish_run(key, attempt, self.owner, out.artifacts, metrics, out.curves, out.device,
-                                    out.peak_mem_mb, out.duration_s)
+            if not self.storage.finish_run(key, attempt, self.owner, out.artifacts, metrics, out.curves,
+                                           out.device, out.peak_mem_mb, out.duration_s):
+                bar.write(f"{job.stage} {key[:12]}: taken over by another process while it ran; its result counts")
+                return              # the job is open again for this loop: it polls the other owner's result
             done.add(key)
             summary.ran += 1
         else:
-            self.storage.fail_run(key, attempt, msg["error"], msg["traceback"], msg.get("duration_s"))
+            if not self.storage.fail_run(key, attempt, msg["error"], msg["traceback"], msg.get("duration_s")):
+                return              # taken over meanwhile (see above)
             failed.add(key)
             summary.failed.append({"key": key, "stage": job.stage, "plugin": job.plugin, "error": msg["error"]})
             bar.write(f"FAILED {job.stage} {job.plugin} {key[:12]}: {msg['error']}")
@@ -310,13 +323,18 @@ class WorkerPool:
                 p.terminate()
 
 
-def run_sweep(sweep: Sweep, storage: Storage, store_root: str | Path, opts: RunOptions) -> Summary:
-    """Register the sweep and its jobs in the database, then run every job that is not done."""
+def register(sweep: Sweep, storage: Storage) -> Graph:
+    """Register the sweep, its jobs and cells in the database (nothing runs); returns its job graph."""
     graph = build_graph(sweep.cells)
     storage.register_sweep(sweep.name, sweep.file, sweep.profile, sweep.scale, sweep.document,
                            graph.jobs.values(),
                            [(cell.label(), cell.as_dict(), key) for cell, key in graph.cells])
-    return Scheduler(graph, storage, store_root, opts).run()
+    return graph
+
+
+def run_sweep(sweep: Sweep, storage: Storage, store_root: str | Path, opts: RunOptions) -> Summary:
+    """Register the sweep and its jobs in the database, then run every job that is not done."""
+    return Scheduler(register(sweep, storage), storage, store_root, opts).run()
 
 
 def install_sigterm() -> None:

@@ -7,8 +7,10 @@ early stop after 30 epochs without a smaller mask.  The paper assumes the target
 that the target label of the backdoor attack has been detected"); ``target`` gives it (privileged), and without
 it the label with NC's smallest mask over a scan of every label is used.  ``trigger_source: true`` skips the
 inversion and uses the attack's own trigger (Table 2's MCL(True), privileged; quote it in YAML, ``"true"``, or
-YAML reads a boolean).  ``TRIGGER_SOURCES`` is the hook
-for other inversions (Table 2's MCL(MESA)); MESA itself is not implemented.
+YAML reads a boolean).  ``trigger_source: mesa`` is Table 2's MCL(MESA) (§4.4): MESA (``defenses/_mesa.py``)
+learns the distribution of valid triggers inside the known trigger box (size and location read off the attack's
+trigger: privileged, as §4.4 states) with α = 0.1, β = 0.8; ``mesa_samples`` triggers are drawn from it and each
+image of a batch is stamped with one of them at random.  ``TRIGGER_SOURCES`` is the hook for other inversions.
 
 Stage 2, backdoor elimination (§3.3 Eq. 3): for a clean batch x and its triggered copy x̂ (Eq. 1), with h(·) the
 penultimate features (``forward_features``), z = h(x̂; ω) of the model being purified, z_cle = h(x; ω̄) and
@@ -43,7 +45,7 @@ from bench.train import fit
 
 @dataclass(frozen=True)
 class MCLConfig(DefenseConfig):
-    trigger_source: Literal["nc", "true"] = "nc"   # Table 2: MCL(NC) | MCL(True)
+    trigger_source: Literal["nc", "true", "mesa"] = "nc"   # Table 2: MCL(NC) | MCL(True) | MCL(MESA)
     target: Optional[int] = None                   # §3.3: the detected target label (None: NC's smallest mask)
     # -- stage 1: trigger inversion (App. A.4; MCL code) --
     inv_epochs: int = 100
@@ -52,6 +54,10 @@ class MCLConfig(DefenseConfig):
     inv_lambda: float = 0.01                       # A.4 (0.001 on the ImageNet subset: per_dataset)
     inv_augment: tuple[str, ...] = ("crop", "flip")
     inv_early_stop: int = 30                       # MCL code: 30 epochs without a smaller mask
+    mesa_alpha: float = 0.1                        # §4.4: MESA's entropy weight α
+    mesa_beta: float = 0.8                         # §4.4: MESA's threshold β on the target probability
+    mesa_steps: int = 1000                         # MESA optimisation steps (not given by MCL; harness choice)
+    mesa_samples: int = 100                        # triggers drawn from the learned distribution
     # -- stage 2: model-contrastive elimination (§4.1, App. A.4) --
     tau: float = 0.5                               # §4.1; Fig. 10 sweeps {0.1, 0.5, 1.0}
     loss: Literal["nt_xent", "mse"] = "nt_xent"    # Eq. 3 | Eq. 4 (Table 3)
@@ -137,11 +143,44 @@ def _true_trigger(ctx: DefenseContext, cfg: MCLConfig) -> tuple[Trigger, dict[st
     return ctx.true_trigger, {"mask_l1": float(ctx.true_trigger.mask.abs().sum())}
 
 
-# name -> (needs, privileged, fn(ctx, cfg) -> (trigger, metrics)).  A later inversion (e.g. MESA) adds an entry
-# here and to MCLConfig.trigger_source's Literal.
+class SampledTriggers:
+    """A set of triggers applied per image: image i of a batch gets a trigger drawn uniformly (seeded)."""
+
+    def __init__(self, triggers: list[Trigger], generator: torch.Generator):
+        self.masks = torch.stack([t.mask.expand_as(t.pattern) for t in triggers])    # [K, C, H, W]
+        self.patterns = torch.stack([t.pattern for t in triggers])
+        self.generator = generator
+
+    def apply(self, x01: torch.Tensor) -> torch.Tensor:
+        pick = torch.randint(len(self.masks), (len(x01),), generator=self.generator)
+        m, p = self.masks[pick].to(x01), self.patterns[pick].to(x01)
+        return (1 - m) * x01 + m * p
+
+
+def _mesa_trigger(ctx: DefenseContext, cfg: MCLConfig) -> tuple[SampledTriggers, dict[str, float]]:
+    from defenses._mesa import MESAConfig, sample_triggers, trigger_box
+
+    if ctx.true_trigger is None:
+        raise ValueError("mcl trigger_source 'mesa' needs the trigger's box: an attack with a mask-and-pattern trigger")
+    if cfg.target is None:
+        raise ValueError("mcl trigger_source 'mesa' needs 'target' (MESA models the triggers of one known label)")
+    box = trigger_box(ctx.true_trigger)
+    mesa = MESAConfig(alpha=cfg.mesa_alpha, betas=(cfg.mesa_beta,), steps=cfg.mesa_steps)
+    triggers = sample_triggers(ctx.model, ctx.clean, cfg.target, box, cfg.mesa_samples, cfg=mesa,
+                               device=ctx.device, seed=ctx.seed)
+    sampled = SampledTriggers(triggers, ctx.generator("mcl.mesa"))
+    with torch.no_grad():                        # how often the sampled triggers flip held-out clean images
+        x = ctx.clean_val.images.float().div(255)
+        pred = ctx.model.eval()(sampled.apply(x).to(ctx.device)).argmax(1).cpu()
+    return sampled, {"mask_l1": float(box[2] * box[3]), "inversion_asr": float((pred == cfg.target).float().mean())}
+
+
+# name -> (needs, privileged, fn(ctx, cfg) -> (trigger, metrics)).  Another inversion adds an entry here and to
+# MCLConfig.trigger_source's Literal.
 TRIGGER_SOURCES: dict[str, tuple[frozenset[str], tuple[str, ...], Callable]] = {
     "nc": (frozenset(), (), _nc_trigger),
     "true": (frozenset({"true_trigger"}), ("true_trigger",), _true_trigger),
+    "mesa": (frozenset({"true_trigger"}), ("trigger size and location", "target label"), _mesa_trigger),
 }
 
 

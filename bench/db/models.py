@@ -2,6 +2,8 @@
 
 sweeps        one row per sweep name; its expanded document, profile and scale
 cells         the sweep's cells: position, labels and the key of the cell's evaluate job
+sweep_jobs    every job a sweep needs (cells' evaluate jobs and all their ancestors): what a pull worker
+              started with ``--sweep NAME`` may claim, and what a launcher counts for progress
 jobs          one row per content key (stage, parent, plugin, version, resolved config) + claim state
 runs          every attempt at a job: status, worker, device, host, times, peak memory, code + environment
 metrics       long format: (run, name, subset) -> value, count
@@ -64,6 +66,15 @@ class CellRow(Base):
     config: Mapped[dict] = mapped_column(JSON)
 
 
+class SweepJobRow(Base):
+    """Membership of a job in a sweep (a job shared by two sweeps has two rows). Added without a schema version
+    bump: ``create_all`` adds the table to an older database and Storage back-fills it from the cells."""
+
+    __tablename__ = "sweep_jobs"
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    job_key: Mapped[str] = mapped_column(ForeignKey("jobs.key"), primary_key=True, index=True)
+
+
 class JobRow(Base):
     __tablename__ = "jobs"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -75,8 +86,8 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     state: Mapped[str] = mapped_column(String(12), default="pending", index=True)  # pending|running|done|failed
     owner: Mapped[str | None] = mapped_column(String(200))
-    heartbeat: Mapped[datetime | None] = mapped_column(DateTime)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat: Mapped[datetime | None] = mapped_column(DateTime)   # UTC, the database server's clock
+    attempts: Mapped[int] = mapped_column(Integer, default=0)       # claims so far (= runs rows of the job)
 
 
 class RunRow(Base):

@@ -4,6 +4,18 @@ Contract: every method opens its own ``session_scope`` (commit, rollback, close)
 dataclasses, dicts or DataFrames, never live ORM rows; uniqueness is enforced by the schema, and the claim of a
 job is a compare-and-swap ``UPDATE`` so two processes (or machines) sharing a database never run one job twice.
 SQLite (file, WAL, busy timeout) by default; any SQLAlchemy URL (PostgreSQL for shared use) works.
+
+Two ways to claim:
+
+* ``try_claim(key)``: the scheduler's compare-and-swap on one job it picked (``bench sweep``, one machine).
+* ``claim_next()``: a pull worker (``bench worker``) asks for *any* ready job: one transaction selects a job whose
+  parent is done with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL (concurrent workers skip each other's
+  row instead of queueing on it; SQLite serialises writers with ``BEGIN IMMEDIATE`` and ignores the clause), then
+  marks it running and inserts the run row.
+
+Time: heartbeats, claim times and the staleness cut-off are read from the database server's clock (UTC), so
+machines with skewed clocks agree on which job is stale.  A running job whose heartbeat is older than the grace
+period is re-queued; a job that was claimed ``max_attempts`` times without finishing is marked failed.
 """
 from __future__ import annotations
 
@@ -14,9 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import and_, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bench.db.models import (
     SCHEMA_VERSION,
@@ -30,6 +42,7 @@ from bench.db.models import (
     Meta,
     MetricRow,
     RunRow,
+    SweepJobRow,
     SweepRow,
 )
 from bench.store import ArtifactRecord
@@ -70,6 +83,15 @@ class RunInfo:
     python_version: str
     torch_version: str
     bench_version: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a pull worker claimed: its key and the attempt number of the run row it owns."""
+
+    key: str
+    stage: str
+    attempt: int
 
 
 class Storage:
@@ -118,7 +140,30 @@ class Storage:
         if found != SCHEMA_VERSION:
             raise SchemaMismatch(f"{self.url}: database schema version {found}, this bdbench needs "
                                  f"{SCHEMA_VERSION}; run 'bench db upgrade --db {self.url}'")
-        Base.metadata.create_all(self.engine)  # tables added without a version bump (none so far)
+        if "sweep_jobs" not in tables:        # added without a version bump: create it and fill it from the cells
+            Base.metadata.create_all(self.engine)
+            self._backfill_sweep_jobs()
+
+    def _backfill_sweep_jobs(self) -> None:
+        with self.session_scope() as s:
+            parents = dict(s.execute(select(JobRow.key, JobRow.parent_key)).all())
+            rows = set()
+            for sweep_id, key in s.execute(select(CellRow.sweep_id, CellRow.job_key)).all():
+                while key and (sweep_id, key) not in rows:
+                    rows.add((sweep_id, key))
+                    key = parents.get(key)
+            _insert_rows(s, SweepJobRow, [dict(sweep_id=i, job_key=k) for i, k in sorted(rows)])
+
+    # -- the database server's clock -----------------------------------------------------------------------
+    def _now(self, s: Session) -> datetime:
+        """Now, in UTC, by the database server's clock (PostgreSQL); this machine's clock for a SQLite file."""
+        if s.get_bind().dialect.name == "postgresql":
+            return s.scalar(select(func.timezone("UTC", func.now())))
+        return utcnow()
+
+    def server_now(self) -> datetime:
+        with self.session_scope() as s:
+            return self._now(s)
 
     # -- sweeps, cells and jobs ----------------------------------------------------------------------------
     def register_sweep(self, name: str, file: str, profile: str | None, scale: str, document: dict,
@@ -151,6 +196,8 @@ class Storage:
             s.execute(delete(CellRow).where(CellRow.sweep_id == row.id))
             for pos, (labels, config, key) in enumerate(cells):
                 s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config))
+            s.execute(delete(SweepJobRow).where(SweepJobRow.sweep_id == row.id))
+            _insert_rows(s, SweepJobRow, [dict(sweep_id=row.id, job_key=j.key) for j in jobs])
             return row.id
 
     def job_states(self, keys: Iterable[str]) -> dict[str, JobState]:
@@ -178,7 +225,7 @@ class Storage:
                 st.state == "running" and is_stale(st))
             if not ok:
                 return None
-            now = utcnow()
+            now = self._now(s)
             res = s.execute(update(JobRow).where(
                 JobRow.key == key, JobRow.state == st.state, JobRow.attempts == st.attempts,
                 (JobRow.owner == st.owner) if st.owner is not None else JobRow.owner.is_(None),
@@ -186,30 +233,104 @@ class Storage:
                 .execution_options(synchronize_session=False))
             if res.rowcount != 1:
                 return None
-            s.execute(update(RunRow).where(RunRow.job_key == key, RunRow.status == "running")
-                      .values(status="abandoned", finished_at=now, error="owner died or went silent"))
-            attempt = st.attempts + 1
-            s.add(RunRow(job_key=key, attempt=attempt, status="running", started_at=now, worker=info.worker,
-                         device=info.device, host=info.host, pid=info.pid, git_commit=info.git_commit,
-                         git_dirty=info.git_dirty, python_version=info.python_version,
-                         torch_version=info.torch_version, bench_version=info.bench_version))
-            return attempt
+            return self._open_run(s, key, st.attempts + 1, info, now)
 
-    def heartbeat(self, keys: Iterable[str], owner: str) -> None:
-        keys = list(keys)
-        if keys:
+    def _open_run(self, s: Session, key: str, attempt: int, info: RunInfo, now: datetime) -> int:
+        """Abandon the job's previous running attempt (its owner died) and insert the run row of ``attempt``."""
+        s.execute(update(RunRow).where(RunRow.job_key == key, RunRow.status == "running")
+                  .values(status="abandoned", finished_at=now, error="owner died or went silent"))
+        s.add(RunRow(job_key=key, attempt=attempt, status="running", started_at=now, worker=info.worker,
+                     device=info.device, host=info.host, pid=info.pid, git_commit=info.git_commit,
+                     git_dirty=info.git_dirty, python_version=info.python_version,
+                     torch_version=info.torch_version, bench_version=info.bench_version))
+        return attempt
+
+    def claim_next(self, owner: str, info: RunInfo, sweep: str | None = None, grace_s: float = 300.0,
+                   max_attempts: int = 3) -> Claim | None:
+        """Claim any ready job for a pull worker; None when nothing is claimable right now.
+
+        Ready: pending (or running with a heartbeat older than ``grace_s`` by the server's clock), its parent
+        done, fewer than ``max_attempts`` claims so far, and (with ``sweep``) part of that sweep.  The row is
+        locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait on or take the same job.  Jobs
+        out of attempts are marked failed first (``give_up``) when nothing else is claimable.
+        """
+        for tries in range(2):
             with self.session_scope() as s:
-                s.execute(update(JobRow).where(JobRow.key.in_(keys), JobRow.owner == owner,
-                                               JobRow.state == "running").values(heartbeat=utcnow()))
+                now = self._now(s)
+                parent = aliased(JobRow)
+                q = (select(JobRow.key, JobRow.stage, JobRow.attempts)
+                     .outerjoin(parent, parent.key == JobRow.parent_key)
+                     .where(or_(JobRow.parent_key.is_(None), parent.state == "done"),
+                            or_(JobRow.state == "pending",
+                                and_(JobRow.state == "running",
+                                     JobRow.heartbeat < now - timedelta(seconds=grace_s))),
+                            JobRow.attempts < max_attempts)
+                     .limit(1).with_for_update(of=JobRow, skip_locked=True))
+                if sweep is not None:
+                    q = q.where(JobRow.key.in_(self._sweep_keys(sweep)))
+                row = s.execute(q).first()
+                if row is not None:
+                    key, stage, attempts = row
+                    s.execute(update(JobRow).where(JobRow.key == key).values(
+                        state="running", owner=owner, heartbeat=now, attempts=attempts + 1))
+                    return Claim(key, stage, self._open_run(s, key, attempts + 1, info, now))
+            if tries == 0 and not self.give_up(grace_s, max_attempts, sweep):
+                return None
+        return None
+
+    def give_up(self, grace_s: float, max_attempts: int, sweep: str | None = None) -> int:
+        """Mark failed every job that has no claims left: pending, or running but stale, after ``max_attempts``
+        claims.  Its last running attempt becomes 'abandoned'.  Returns how many jobs were given up."""
+        with self.session_scope() as s:
+            now = self._now(s)
+            q = select(JobRow.key).where(
+                JobRow.attempts >= max_attempts,
+                or_(JobRow.state == "pending",
+                    and_(JobRow.state == "running", JobRow.heartbeat < now - timedelta(seconds=grace_s))))
+            if sweep is not None:
+                q = q.where(JobRow.key.in_(self._sweep_keys(sweep)))
+            keys = list(s.scalars(q.with_for_update(skip_locked=True)))
+            if keys:
+                s.execute(update(RunRow).where(RunRow.job_key.in_(keys), RunRow.status == "running")
+                          .values(status="abandoned", finished_at=now, error="owner died or went silent"))
+                s.execute(update(JobRow).where(JobRow.key.in_(keys)).values(state="failed", owner=None))
+                for key in keys:     # the failure is visible in 'bench show' as the last run's error
+                    last = s.scalars(select(RunRow).where(RunRow.job_key == key)
+                                     .order_by(RunRow.attempt.desc()).limit(1)).first()
+                    if last is not None:
+                        last.error = f"gave up after {max_attempts} attempts: {last.error or 'no result'}"
+            return len(keys)
+
+    @staticmethod
+    def _sweep_keys(sweep: str):
+        return (select(SweepJobRow.job_key).join(SweepRow, SweepRow.id == SweepJobRow.sweep_id)
+                .where(SweepRow.name == sweep).scalar_subquery())
+
+    def heartbeat(self, keys: Iterable[str], owner: str) -> int:
+        """Stamp the jobs ``owner`` still holds with the server's clock; returns how many it still holds."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        with self.session_scope() as s:
+            return s.execute(update(JobRow).where(JobRow.key.in_(keys), JobRow.owner == owner,
+                                                  JobRow.state == "running").values(heartbeat=self._now(s))
+                             .execution_options(synchronize_session=False)).rowcount
 
     def _run(self, s: Session, key: str, attempt: int) -> RunRow:
         return s.scalars(select(RunRow).where(RunRow.job_key == key, RunRow.attempt == attempt)).one()
 
     def finish_run(self, key: str, attempt: int, owner: str, artifacts: list[ArtifactRecord],
                    metrics: list[tuple[str, str, float | None, int | None]], curves: list[dict],
-                   device: str | None, peak_mem_mb: float | None, duration_s: float) -> None:
-        """Record a success in one transaction: artifacts, metrics, curves, run status and job state."""
+                   device: str | None, peak_mem_mb: float | None, duration_s: float) -> bool:
+        """Record a success in one transaction: artifacts, metrics, curves, run status and job state.
+
+        Returns False (and records nothing) when ``owner`` no longer holds this attempt: it went silent past
+        the grace period and another worker took the job over; that worker's run will be the result.
+        """
         with self.session_scope() as s:
+            now = self._now(s)
+            if not self._still_mine(s, key, attempt, owner, "done", now):
+                return False
             run = self._run(s, key, attempt)
             for a in artifacts:
                 s.execute(delete(ArtifactRow).where(ArtifactRow.job_key == key, ArtifactRow.kind == a.kind))
@@ -221,24 +342,37 @@ class Storage:
                 for name, value in row.items():
                     if name != "step":
                         s.add(CurveRow(run_id=run.id, step=step, name=name, value=_finite(value)))
-            now = utcnow()
             run.status, run.finished_at, run.duration_s = "succeeded", now, duration_s
             run.peak_mem_mb, run.device = peak_mem_mb, device or run.device
-            s.execute(update(JobRow).where(JobRow.key == key).values(state="done", owner=None, heartbeat=now))
+            return True
 
-    def fail_run(self, key: str, attempt: int, error: str, traceback: str, duration_s: float | None) -> None:
+    def _still_mine(self, s: Session, key: str, attempt: int, owner: str | None, state: str,
+                    now: datetime) -> bool:
+        """Compare-and-swap the job from this running attempt to ``state``; False when it was taken over."""
+        cond = [JobRow.key == key, JobRow.state == "running", JobRow.attempts == attempt]
+        if owner is not None:
+            cond.append(JobRow.owner == owner)
+        return s.execute(update(JobRow).where(*cond).values(state=state, owner=None, heartbeat=now)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+    def fail_run(self, key: str, attempt: int, error: str, traceback: str, duration_s: float | None) -> bool:
+        """Record a failure (error and traceback); False when this attempt was taken over meanwhile."""
         with self.session_scope() as s:
+            now = self._now(s)
+            if not self._still_mine(s, key, attempt, None, "failed", now):
+                return False
             run = self._run(s, key, attempt)
-            run.status, run.finished_at, run.duration_s = "failed", utcnow(), duration_s
+            run.status, run.finished_at, run.duration_s = "failed", now, duration_s
             run.error, run.traceback = error[:2000], traceback
-            s.execute(update(JobRow).where(JobRow.key == key).values(state="failed", owner=None))
+            return True
 
     def release(self, key: str, attempt: int, reason: str) -> None:
         """Give a claimed job back (interrupted before it finished): its run is abandoned, the job pending."""
         with self.session_scope() as s:
             run = self._run(s, key, attempt)
-            run.status, run.finished_at, run.error = "abandoned", utcnow(), reason
-            s.execute(update(JobRow).where(JobRow.key == key, JobRow.state == "running")
+            if run.status == "running":
+                run.status, run.finished_at, run.error = "abandoned", self._now(s), reason
+            s.execute(update(JobRow).where(JobRow.key == key, JobRow.state == "running", JobRow.attempts == attempt)
                       .values(state="pending", owner=None))
 
     def reset_jobs(self, keys: Iterable[str]) -> None:
@@ -357,8 +491,39 @@ class Storage:
 
     def runs_of(self, key: str) -> list[dict[str, Any]]:
         with self.session_scope() as s:
-            return [{"attempt": r.attempt, "status": r.status, "pid": r.pid}
+            return [{"attempt": r.attempt, "status": r.status, "pid": r.pid, "host": r.host, "worker": r.worker,
+                     "device": r.device, "git_commit": r.git_commit, "bench_version": r.bench_version,
+                     "started_at": r.started_at, "finished_at": r.finished_at, "error": r.error}
                     for r in s.scalars(select(RunRow).where(RunRow.job_key == key).order_by(RunRow.attempt))]
+
+    # -- what a pull worker needs to run a job it did not plan ---------------------------------------------
+    def job_chain(self, key: str) -> list[dict[str, Any]]:
+        """The job and its ancestors, root first: key, stage, plugin and the stage's own config each."""
+        out = []
+        with self.session_scope() as s:
+            cur = key
+            while cur:
+                j = s.get(JobRow, cur)
+                if j is None:
+                    raise KeyError(cur)
+                out.append({"key": j.key, "stage": j.stage, "plugin": j.plugin, "config": j.config})
+                cur = j.parent_key
+        return out[::-1]
+
+    def sweep_progress(self, sweep: str) -> dict[str, int]:
+        """Jobs of a sweep by state (pending, running, done, failed) and in total."""
+        with self.session_scope() as s:
+            rows = s.execute(select(JobRow.state, func.count()).join(SweepJobRow, SweepJobRow.job_key == JobRow.key)
+                             .join(SweepRow, SweepRow.id == SweepJobRow.sweep_id)
+                             .where(SweepRow.name == sweep).group_by(JobRow.state)).all()
+        out = {"pending": 0, "running": 0, "done": 0, "failed": 0, **dict(rows)}
+        out["jobs"] = sum(n for st, n in out.items() if st in ("pending", "running", "done", "failed"))
+        return out
+
+
+def _insert_rows(s: Session, table, rows: list[dict]) -> None:
+    for chunk in range(0, len(rows), 500):
+        s.execute(_insert_ignore(s, table).values(rows[chunk:chunk + 500]))
 
 
 def _insert_ignore(s: Session, table):
@@ -395,8 +560,10 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def stale_after(grace_s: float) -> Callable[[JobState], bool]:
-    """A running job is stale when its owner process on this host is gone, or its heartbeat is too old."""
+def stale_after(grace_s: float, clock: Callable[[], datetime] = utcnow) -> Callable[[JobState], bool]:
+    """A running job is stale when its owner process on this host is gone, or its heartbeat is too old.
+
+    ``clock`` gives "now" on the heartbeats' clock (``Storage.server_now`` for a shared server)."""
     host = hostname()
 
     def is_stale(st: JobState) -> bool:
@@ -404,7 +571,7 @@ def stale_after(grace_s: float) -> Callable[[JobState], bool]:
             owner_host, _, pid = st.owner.rpartition(":")
             if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
                 return True
-        return st.heartbeat is None or utcnow() - st.heartbeat > timedelta(seconds=grace_s)
+        return st.heartbeat is None or clock() - st.heartbeat > timedelta(seconds=grace_s)
     return is_stale
 
 

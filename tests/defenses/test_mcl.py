@@ -106,3 +106,31 @@ def test_mcl_with_nc_inverted_trigger_lowers_asr(backdoor):
     assert out.metrics["detected_label"] == 0 and out.metrics["inversion_asr"] > 0.9
     assert after["asr"] <= backdoor.metrics["asr"] - 0.5
     assert after["ba"] >= backdoor.metrics["ba"] - 0.05
+
+
+def test_mcl_with_mesa_triggers_removes_the_backdoor(backdoor):
+    defense = make_defense({"name": "mcl", "trigger_source": "mesa", "target": 0, "mesa_steps": 150,
+                            "mesa_samples": 16, **FAST})
+    assert "true_trigger" in defense.needs
+    assert set(defense.privileged) == {"trigger size and location", "target label"}
+    ctx = make_context(backdoor, defense, clean_ratio=0.1)
+    out = defense.run(ctx)
+    after = evaluate(backdoor, out.model)
+    box = backdoor.attack.true_trigger().mask.sum()
+    assert out.metrics["mask_l1"] == float(box)            # the known box, not an inverted mask
+    assert out.metrics["inversion_asr"] > 0.5               # the sampled triggers fire on held-out clean images
+    assert after["asr"] <= backdoor.metrics["asr"] - 0.5
+    assert after["ba"] >= backdoor.metrics["ba"] - 0.05
+
+
+def test_sampled_triggers_stamp_each_image_with_one_of_the_set():
+    from defenses.mcl import SampledTriggers
+
+    mask = torch.zeros(1, 4, 4)
+    mask[:, :2, :2] = 1
+    triggers = [Trigger(mask, torch.full((1, 4, 4), v)) for v in (0.25, 0.75)]
+    out = SampledTriggers(triggers, torch.Generator().manual_seed(0)).apply(torch.zeros(64, 1, 4, 4))
+    corner = out[:, 0, 0, 0]
+    assert set(corner.tolist()) == {0.25, 0.75}             # both patterns used across the batch
+    assert torch.all(out[:, :, 2:, :] == 0) and torch.all(out[:, :, :, 2:] == 0)
+    assert torch.all(out[:, :, :2, :2] == corner.view(-1, 1, 1, 1))   # one pattern per image
