@@ -18,8 +18,11 @@ recomputed on the clean subset for the chosen t, as Garipov et al. do for every 
 Defaults: t = 0.4 (§3.2, Fig. 2: the CIFAR-10 range t ≈ 0.3-0.4 where the error on triggered data is near its
 minimum while clean error is still low; BackdoorBench's MCR port also reads t = 0.4).  Curve training as the
 mode-connectivity code it builds on: SGD momentum 0.9, wd 5e-4, lr 0.015; 200 epochs on the clean subset; the
-end-point fine-tune uses the same optimiser for ``endpoint_epochs``.  Nothing is selected on test data; a
-given t is read off, and ``val_acc`` (accuracy on the held-out clean slice at t) is stored with the result.
+end-point fine-tune uses the same optimiser for ``endpoint_epochs``.  Nothing is selected on test data: a
+given t is read off, or, with ``t_grid`` set, t is the grid point with the highest accuracy on the held-out
+slice of the clean subset (ties: the point nearest the curve's middle).  Clean accuracy cannot see the
+backdoor, so the grid should keep away from the end points (the paper's own choice is a fixed t).
+``val_acc`` (held-out clean accuracy at the chosen t) is stored with the result.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from bench.train import batch_indices, fit, predict
 @dataclass(frozen=True)
 class MCRConfig(DefenseConfig):
     t: float = 0.4                         # §3.2, Fig. 2 (CIFAR-10)
+    t_grid: tuple[float, ...] = ()         # choose t among these on held-out clean data (empty: use t)
     curve_epochs: int = 200                # curve training (Garipov et al. setting used by §3.1)
     endpoint_epochs: int = 20              # fine-tuned end point θ1 (FT-style; the paper fixes no count)
     lr: float = 0.015                      # curve and end-point SGD lr
@@ -52,8 +56,8 @@ class MCRConfig(DefenseConfig):
     augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
 
     def __post_init__(self):
-        if not 0.0 <= self.t <= 1.0:
-            raise ValueError(f"t must lie in [0, 1], got {self.t}")
+        if not all(0.0 <= t <= 1.0 for t in (self.t, *self.t_grid)):
+            raise ValueError(f"t and t_grid must lie in [0, 1], got {self.t}, {list(self.t_grid)}")
 
     def recipe(self, epochs: int) -> Recipe:
         return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -152,8 +156,16 @@ class MCR(Defense):
         fit(work, ctx.clean, cfg.recipe(cfg.curve_epochs), device=ctx.device, seed=ctx.seed + 1,
             params=list(curve.control), loss_fn=lambda m, x, y, idx: curve_loss(m, curve, x, y, gen),
             on_epoch=on_epoch)
-        model = model_at(start, curve, cfg.t, ctx.clean, cfg.batch_size, ctx.device)
-        metrics = {"t": cfg.t}
+        t, metrics = cfg.t, {}
+        if cfg.t_grid:
+            if ctx.clean_val is None or not len(ctx.clean_val):
+                raise ValueError("mcr t_grid needs a held-out clean slice (clean_val) to choose t on")
+            scores = {g: accuracy(model_at(start, curve, g, ctx.clean, cfg.batch_size, ctx.device), ctx.clean_val)
+                      for g in cfg.t_grid}
+            t = max(scores, key=lambda g: (scores[g], -abs(g - 0.5)))
+            metrics.update({f"val_acc_t{g:g}": a for g, a in scores.items()})
+        model = model_at(start, curve, t, ctx.clean, cfg.batch_size, ctx.device)
+        metrics["t"] = t
         if ctx.clean_val is not None and len(ctx.clean_val):
             metrics["val_acc"] = accuracy(model, ctx.clean_val)
             metrics["val_acc_endpoint"] = accuracy(end, ctx.clean_val)

@@ -52,3 +52,22 @@ def test_model_at_t0_has_the_backdoored_weights(backdoor):
     ctx = make_context(backdoor, make_defense({"name": "mcr"}), clean_ratio=0.1)
     at0 = model_at(model, curve, 0.0, ctx.clean, 64, torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(at0.parameters(), model.parameters()))
+
+
+def test_t_chosen_on_held_out_clean_accuracy(backdoor):
+    defense = make_defense({"name": "mcr", "curve_epochs": 5, "endpoint_epochs": 3, "augment": [],
+                            "batch_size": 64, "t_grid": [0.2, 0.4, 0.6]})
+    ctx = make_context(backdoor, defense, clean_ratio=0.1)
+    out = defense.run(ctx)
+    scores = {g: out.metrics[f"val_acc_t{g:g}"] for g in (0.2, 0.4, 0.6)}
+    best = max(scores.values())
+    assert scores[out.metrics["t"]] == best and out.metrics["val_acc"] == best
+    after = evaluate(backdoor, out.model)
+    print("MCR t_grid:", scores, "chosen", out.metrics["t"], "after", after, "before", backdoor.metrics)
+    assert after["ba"] >= backdoor.metrics["ba"] - 0.05
+
+
+def test_t_grid_outside_unit_interval_is_rejected():
+    import pytest
+    with pytest.raises(Exception, match="t_grid"):
+        make_defense({"name": "mcr", "t_grid": [0.5, 1.5]})
