@@ -88,6 +88,8 @@ class DefenseResult:
         scores: float [N_train] suspicion per training sample (higher = more likely poisoned).
         flags: bool [N_train], True = flagged as poisoned (removed before retraining).
         relabels: int64 [N_train], the new label per sample or -1 to keep its label.
+        trusted: bool [N_train], True = the subset the defense trusts as clean and trains on with labels (D-BR /
+            D-ST's D̂_c, DBD's high-credible half); the runner stores its precision (fraction truly clean).
         metrics: extra numbers to store (e.g. NC's anomaly index), name -> value.
     """
 
@@ -95,6 +97,7 @@ class DefenseResult:
     scores: Optional[torch.Tensor] = None
     flags: Optional[torch.Tensor] = None
     relabels: Optional[torch.Tensor] = None
+    trusted: Optional[torch.Tensor] = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 

@@ -47,10 +47,18 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float(roc_auc_score(positive, scores.double().cpu().numpy()))
 
 
-def detection_metrics(kind: torch.Tensor, flags: torch.Tensor | None, scores: torch.Tensor | None) -> list[Metric]:
-    """Flagged-set precision/recall, kept-set precision, AUROC and set sizes against ground truth ``kind``."""
+def detection_metrics(kind: torch.Tensor, flags: torch.Tensor | None, scores: torch.Tensor | None,
+                      trusted: torch.Tensor | None = None) -> list[Metric]:
+    """Flagged-set precision/recall, kept-set precision, AUROC and set sizes against ground truth ``kind``;
+    with ``trusted`` (the subset a defense treats as clean), its precision = the fraction truly clean."""
     poisoned = kind.cpu() == POISONED
     out: list[Metric] = []
+    if trusted is not None:
+        trusted = trusted.cpu().bool()
+        n_trust = int(trusted.sum())
+        out += [Metric("trusted_precision", int((trusted & ~poisoned).sum()) / n_trust if n_trust else float("nan"),
+                       n_trust, "train"),
+                Metric("n_trusted", float(n_trust), n_trust, "train")]
     if flags is not None:
         flags = flags.cpu().bool()
         kept = ~flags

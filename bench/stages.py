@@ -144,10 +144,11 @@ class StageRunner:
         if result.model is None:
             raise RuntimeError(f"defense '{entry.name}' returned no model")
         out.artifacts.append(self.put_model(task.key, result.model, chain["model"]))
-        if result.scores is not None or result.flags is not None:
+        if result.scores is not None or result.flags is not None or result.trusted is not None:
             out.artifacts.append(self.store.put(task.key, "scores", {
-                "scores": result.scores, "flags": result.flags, "relabels": result.relabels}))
-            out.metrics += detection_metrics(poisoned.kind, result.flags, result.scores)
+                "scores": result.scores, "flags": result.flags, "relabels": result.relabels,
+                "trusted": result.trusted}))
+            out.metrics += detection_metrics(poisoned.kind, result.flags, result.scores, result.trusted)
         if result.relabels is not None:
             out.metrics += relabel_metrics(result.relabels, bundle.train.labels, poisoned.kind)
         out.metrics += [Metric(k, float(v), None, "defense") for k, v in result.metrics.items()]

@@ -71,6 +71,12 @@ class Split:
         out[self.poisoned] = True
         return out
 
+    def trusted(self) -> torch.Tensor:
+        """bool [N]: True for D_c membership (the set relearned / trained with labels)."""
+        out = torch.zeros(len(self.scores), dtype=torch.bool)
+        out[self.clean] = True
+        return out
+
     def metrics(self) -> dict[str, float]:
         return {"sd_n_clean": float(len(self.clean)), "sd_n_poisoned": float(len(self.poisoned)),
                 "sd_n_uncertain": float(len(self.uncertain))}

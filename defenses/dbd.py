@@ -225,7 +225,7 @@ class DBD(Defense):
                 losses, flags = self._split(model, train, device)
         if cfg.report_split == "last":
             reported = (losses, flags)
-        return DefenseResult(model=model.eval(), scores=reported[0], flags=reported[1],
+        return DefenseResult(model=model.eval(), scores=reported[0], flags=reported[1], trusted=~reported[1],
                              metrics={"low_credible": float(reported[1].sum())})
 
     def _split(self, model: nn.Module, train: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,4 +73,5 @@ class DBR(Defense):
             if ctx.curves.enabled and ctx.evaluate is not None:
                 ctx.curves.record(r + 1, **losses, **ctx.evaluate(model.eval()))
         metrics = {**split.metrics(), "rounds": float(cfg.rounds)}
-        return DefenseResult(model=model.eval(), scores=split.scores, flags=split.flags(), metrics=metrics)
+        return DefenseResult(model=model.eval(), scores=split.scores, flags=split.flags(),
+                             trusted=split.trusted(), metrics=metrics)

@@ -198,4 +198,5 @@ class DST(Defense):
         is_poison = torch.cat([torch.zeros(len(split.clean), dtype=torch.bool),
                                torch.ones(len(split.poisoned), dtype=torch.bool)])
         model = train_classifier(model, train.subset(keep), is_poison, cfg, ctx.device, ctx.seed)
-        return DefenseResult(model=model, scores=split.scores, flags=split.flags(), metrics=split.metrics())
+        return DefenseResult(model=model, scores=split.scores, flags=split.flags(), trusted=split.trusted(),
+                             metrics=split.metrics())

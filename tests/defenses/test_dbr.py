@@ -50,6 +50,8 @@ def test_dbr_removes_the_backdoor_and_records_curves(backdoor):
     n = len(backdoor.train)
     assert int(out.flags.sum()) == math.floor(n * 0.05) and out.metrics["sd_n_clean"] == math.floor(n * 0.2)
     assert (backdoor.poisoned.kind[out.flags] == POISONED).float().mean() > 0.5
+    assert int(out.trusted.sum()) == math.floor(n * 0.2)                  # D_c, whose precision the runner stores
+    assert (backdoor.poisoned.kind[out.trusted] != POISONED).float().mean() > 0.95
     assert [r["step"] for r in ctx.curves.rows] == [1, 2, 3, 4, 5]
     assert {"ba", "asr", "unlearn_loss", "relearn_loss"} <= set(ctx.curves.rows[0])
     after = evaluate(backdoor, out.model)

@@ -64,6 +64,8 @@ def test_split_sizes_follow_alphas():
         assert len(torch.cat([s.clean, s.poisoned, s.uncertain]).unique()) == 1437
         assert scores[s.clean].max() <= scores[s.uncertain].min() <= scores[s.uncertain].max() <= scores[s.poisoned].min()
         assert int(s.flags().sum()) == len(s.poisoned) and s.flags()[s.poisoned].all()
+        assert int(s.trusted().sum()) == len(s.clean) and s.trusted()[s.clean].all()
+        assert not (s.trusted() & s.flags()).any()
     with pytest.raises(ValueError):
         split_by_score(scores, 0.8, 0.3)
 
