@@ -71,6 +71,8 @@ class TableSpec:
     sweep: str | None = None
     reference: str | None = None             # CSV under reports/reference (paper numbers)
     caption: str = ""
+    notes: tuple[str, ...] = ()              # extra footnotes (e.g. a paper row bdbench cannot fill yet)
+    complete: bool = False                   # show every row of the reference CSV, '—' where we have none
 
 
 METRIC_DEFAULTS = {
@@ -128,7 +130,8 @@ def spec_from_dict(doc: Mapping[str, Any], where: str = "<spec>") -> TableSpec:
                      group_by=doc.get("group_by", "defense"), metrics=metrics, filters=doc.get("filters", {}),
                      order=doc.get("order", {}), labels=doc.get("labels", {}), variants=doc.get("variants", {}),
                      sweep=doc.get("sweep"),
-                     reference=doc.get("reference"), caption=doc.get("caption", ""))
+                     reference=doc.get("reference"), caption=doc.get("caption", ""),
+                     notes=tuple(doc.get("notes", ())), complete=bool(doc.get("complete", False)))
 
 
 def _metric(m: str | Mapping[str, Any]) -> MetricSpec:
@@ -184,15 +187,24 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns the papers report that the runner stores in another form (seed 002 Table 1).
 
     poison_kept = 1 - flag_recall (share of poisoned images remaining); clean_kept = kept clean / all clean,
-    from kept precision, |kept| and |flagged| (n_poison = flag_precision * |flagged| / flag_recall).
+    from kept precision, |kept| and |flagged|, with n_poison = the count stored with flag_recall (else
+    flag_precision * |flagged| / flag_recall, undefined when nothing poisoned was flagged). Without a defense
+    (``defense == 'none'``) every image is kept: both are 1 (seed 002 Table 3's baseline row: 100 / 100).
     """
     frame = frame.copy()
     if "flag_recall" in frame:
         frame["poison_kept"] = 1 - frame["flag_recall"]
-        if {"kept_precision", "n_kept", "n_flagged", "flag_precision"} <= set(frame):
-            n_pois = frame["flag_precision"] * frame["n_flagged"] / frame["flag_recall"]
+        if {"kept_precision", "n_kept", "n_flagged"} <= set(frame):
+            if "flag_recall_n" in frame:
+                n_pois = frame["flag_recall_n"]
+            else:
+                n_pois = frame.get("flag_precision", math.nan) * frame["n_flagged"] / frame["flag_recall"]
             n_clean = frame["n_kept"] + frame["n_flagged"] - n_pois
             frame["clean_kept"] = frame["kept_precision"] * frame["n_kept"] / n_clean
+    if "defense" in frame:
+        none = frame["defense"] == "none"
+        for col in ("poison_kept", "clean_kept"):
+            frame[col] = frame[col].where(~none, 1.0) if col in frame else none.map({True: 1.0, False: math.nan})
     return frame
 
 
@@ -270,7 +282,7 @@ def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, A
     groups = list(spec.groups or default_groups(frame, spec.group_by))
     keyed = frame.assign(_row=list(zip(*[_column(frame, c) for c in spec.rows]))) if len(frame) else \
         frame.assign(_row=[])
-    rows = _ordered_rows(keyed["_row"].tolist(), spec)
+    rows = _ordered_rows(keyed["_row"].tolist() + _reference_rows(spec, frame), spec)
     stats: dict[tuple[int, int, str], Stat | None] = {}
     for gi, g in enumerate(groups):
         sub = keyed
@@ -288,6 +300,27 @@ def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, A
                   common_n=max(set(ns), key=ns.count) if ns else 1)
     table.marks = rank_marks(table)
     return table
+
+
+def _reference_rows(spec: TableSpec, frame: pd.DataFrame) -> list[tuple]:
+    """With ``complete: true``: every (dataset, attack) row the paper reports (its reference CSV, 'Avg' rows
+    aside), as row keys, so that a row we cannot fill (a method not implemented yet) still shows as '—'.
+
+    The reference spells rows as printed; they are mapped back through the spec's ``labels`` and the display
+    names of the values present in the frame (a variant label is its own key).
+    """
+    if not spec.complete or not spec.reference or tuple(spec.rows) != ("dataset", "attack"):
+        return []
+    ref = load_reference(spec.reference)
+    back: dict[str, dict[str, Any]] = {}
+    for col in spec.rows:
+        inv = {str(_display(col, v)): v for v in (frame[col].dropna().unique() if col in frame else [])}
+        inv.update({str(d): raw for raw, d in spec.labels.get(col, {}).items()})
+        back[col] = inv
+    keys = []
+    for ds, atk in ref.loc[ref["attack"] != "Avg", ["dataset", "attack"]].itertuples(index=False):
+        keys.append((back["dataset"].get(ds, ds), back["attack"].get(atk, atk)))
+    return keys
 
 
 def _stat(values: pd.Series) -> Stat | None:
@@ -368,6 +401,7 @@ def _view(table: Table) -> dict[str, Any]:
         notes.append(f"mean ± std over seeds (n = {table.common_n} per cell; (n=k) marks a cell with another count).")
     if table.missing:
         notes.append(MISSING_NOTE)
+    notes.extend(spec.notes)
     directions = ", ".join(f"{m.label or m.name} {'↑' if m.better == 'higher' else '↓'}"
                            for m in spec.metrics if m.better != "none")
     notes.append(f"Bold: best, underlined: second best per row among the defenses ({directions}).")
@@ -526,10 +560,7 @@ def ablation_figure(frame: pd.DataFrame, x: str, y: str, out_stem: Path, hue: st
     Raises:
         SpecError: ``y`` is not a metric of the frame, or ``x`` is neither a column nor a config path.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     data = apply_filters(add_derived(frame), filters or {})
     if y not in data:
         raise SpecError(f"y={y}: no such metric in the sweep; valid: ba, asr, ra or a defense metric")
@@ -541,10 +572,14 @@ def ablation_figure(frame: pd.DataFrame, x: str, y: str, out_stem: Path, hue: st
     label = METRIC_DEFAULTS.get(y, MetricSpec(y, y)).label or y
     for ax, (ds, atk) in zip(axes.flat, panels):
         part = data[(data["dataset"] == ds) & (data["attack"] == atk)]
+        categories = _categories(data["_x"])
         for name, line in part.groupby(hue, sort=True):
             agg = line.groupby("_x")[y].agg(["mean", "std"]).sort_index()
-            ax.errorbar(agg.index.astype(float), agg["mean"] * scale, yerr=agg["std"].fillna(0) * scale,
+            xs = [categories.index(v) for v in agg.index] if categories else agg.index.astype(float)
+            ax.errorbar(xs, agg["mean"] * scale, yerr=agg["std"].fillna(0) * scale,
                         label=_display(hue, name), color=method_color(str(name)), marker="o", capsize=3)
+        if categories:           # a categorical axis (LfD Fig. 4: the teacher) keeps the first-seen order
+            ax.set_xticks(range(len(categories)), [_display("model", c) for c in categories], fontsize=7)
         ax.set_title(f"{_display('dataset', ds)} / {_display('attack', atk)}", fontsize=9)
         ax.set_xlabel(x)
         ax.set_ylabel(f"{label} (%)" if scale == 100 else label)
@@ -552,6 +587,28 @@ def ablation_figure(frame: pd.DataFrame, x: str, y: str, out_stem: Path, hue: st
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
+    return _save(fig, out_stem)
+
+
+def _categories(values: pd.Series) -> list[Any]:
+    """The x values in first-seen order when they are not all numbers (else [] for a numeric axis)."""
+    vals = list(dict.fromkeys(values.tolist()))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+    return [] if numeric else vals
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams["svg.hashsalt"] = "bdbench"
+    return plt
+
+
+def _save(fig: Any, out_stem: Path) -> list[Path]:
+    """OUT_STEM.png and OUT_STEM.pdf without timestamps or version strings, so reruns give identical files."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
@@ -560,6 +617,192 @@ def ablation_figure(frame: pd.DataFrame, x: str, y: str, out_stem: Path, hue: st
     fig.savefig(paths[1], metadata={"CreationDate": None, "Producer": None, "Creator": None})
     plt.close(fig)
     return paths
+
+
+def sweep_curves(storage: Any, sweep: str) -> pd.DataFrame:
+    """Per-epoch curves of a sweep's defend jobs (sweeps with ``curves: true``), with the cell labels:
+    dataset, attack, defense, defense_variant, seed, step, name, value."""
+    from bench.db.baselines import run_curves
+    from bench.results import variant_labels
+
+    cells = [c for c in storage.cells(sweep) if c["chain"].get("defend")]
+    if not cells:
+        return pd.DataFrame(columns=["dataset", "attack", "defense", "defense_variant", "seed", "step", "name",
+                                     "value"])
+    variants = variant_labels([c["config"]["defense"] for c in cells])
+    labels = pd.DataFrame([{"key": c["chain"]["defend"], "dataset": c["labels"].get("dataset"),
+                            "attack": c["labels"].get("attack"), "defense": c["labels"].get("defense"),
+                            "defense_variant": v, "seed": c["labels"].get("seed")} for c, v in zip(cells, variants)])
+    curves = run_curves(storage, labels["key"].unique().tolist())
+    return labels.drop_duplicates("key").merge(curves, on="key").drop(columns=["key"])
+
+
+def curves_figure(curves: pd.DataFrame, out_stem: Path, metrics: Sequence[str] = ("ba", "asr"),
+                  hue: str = "defense_variant", scale: float = 100.0) -> list[Path]:
+    """Per-epoch curves (D-BR Fig. 5, LfD Fig. 1 and 5): one panel per (dataset, attack) and metric, one line
+    per ``hue`` value in its method colour, mean over seeds with a ±std band.
+
+    Raises:
+        SpecError: none of ``metrics`` was recorded.
+    """
+    plt = _pyplot()
+    data = curves[curves["name"].isin(metrics)]
+    if data.empty:
+        have = sorted(set(curves["name"])) if len(curves) else []
+        raise SpecError(f"no curves for {', '.join(metrics)}; recorded: {', '.join(have) or 'none'} "
+                        "(run the sweep with 'curves: true')")
+    names = [m for m in metrics if m in set(data["name"])]
+    panels = list(dict.fromkeys(zip(data["dataset"], data["attack"])))
+    fig, axes = plt.subplots(len(panels), len(names), figsize=(3.8 * len(names), 2.8 * len(panels)), dpi=120,
+                             squeeze=False)
+    for row, (ds, atk) in enumerate(panels):
+        for col, m in enumerate(names):
+            ax = axes[row][col]
+            part = data[(data["dataset"] == ds) & (data["attack"] == atk) & (data["name"] == m)]
+            for name, line in part.groupby(hue, sort=True):
+                base = str(line["defense"].iloc[0]) if "defense" in line else str(name)
+                agg = line.groupby("step")["value"].agg(["mean", "std"]).sort_index()
+                mean, std = agg["mean"] * scale, agg["std"].fillna(0) * scale
+                color = method_color(base) if name == base else method_color(str(name))
+                ax.plot(agg.index, mean, label=str(name), color=color)
+                ax.fill_between(agg.index, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+            label = METRIC_DEFAULTS.get(m, MetricSpec(m, m)).label or m
+            ax.set_title(f"{_display('dataset', ds)} / {_display('attack', atk)}: {label}", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.set_ylabel(f"{label} (%)" if scale == 100 else label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return _save(fig, out_stem)
+
+
+def sweep_scores(storage: Any, store_root: str | Path, sweep: str, limit: int = 12) -> list[dict[str, Any]]:
+    """The per-sample suspicion scores of a sweep's defend jobs that returned them, with ground truth:
+    [{title, defense, scores (1-D array), poisoned (bool array)}], first ``limit`` cells."""
+    import numpy as np
+
+    from bench.attack import POISONED
+    from bench.store import ArtifactStore
+
+    store = ArtifactStore(store_root)
+    out = []
+    for c in storage.cells(sweep):
+        defend, poison = c["chain"].get("defend"), c["chain"].get("poison")
+        if not defend or not poison:
+            continue
+        arts = storage.artifacts([defend, poison])
+        if "scores" not in arts[defend] or "poison" not in arts[poison]:
+            continue
+        scores = store.get(arts[defend]["scores"])["scores"]
+        if scores is None:
+            continue
+        kind = store.get(arts[poison]["poison"])["kind"]
+        lab = c["labels"]
+        out.append({"title": f"{_display('attack', lab.get('attack'))} / {_display('defense', lab.get('defense'))}"
+                             f" / seed {lab.get('seed')}", "defense": lab.get("defense"),
+                    "scores": np.asarray(scores.detach().cpu().double()),
+                    "poisoned": np.asarray((kind == POISONED).cpu())})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def score_histogram(panels: Sequence[Mapping[str, Any]], out_stem: Path, bins: int = 50,
+                    xlabel: str = "score (higher = more suspicious)") -> list[Path]:
+    """Histograms of a defense's per-sample scores for clean vs poisoned training samples (D-BR Fig. 3: the
+    FCT of clean and poisoned samples), one panel per entry of :func:`sweep_scores`; densities, shared bins."""
+    import numpy as np
+
+    if not panels:
+        raise SpecError("no defense in the sweep returned per-sample scores (e.g. dbr, dst, ac, ss, ssl_cleanse)")
+    plt = _pyplot()
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 2.8 * nrows), dpi=120, squeeze=False)
+    for ax, p in zip(axes.flat, panels):
+        scores, poisoned = np.asarray(p["scores"], dtype=float), np.asarray(p["poisoned"], dtype=bool)
+        finite = np.isfinite(scores)
+        edges = np.histogram_bin_edges(scores[finite], bins=bins)
+        ax.hist(scores[finite & ~poisoned], bins=edges, density=True, alpha=0.6, color="#1f77b4", label="clean")
+        ax.hist(scores[finite & poisoned], bins=edges, density=True, alpha=0.6, color="#d62728", label="poisoned")
+        ax.set_title(p.get("title", ""), fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return _save(fig, out_stem)
+
+
+def cell_features(storage: Any, store_root: str | Path, cell: Mapping[str, Any], stage: str = "defend",
+                  per_class: int = 50, max_poisoned: int = 200, seed: int = 0,
+                  data_root: str | None = None) -> dict[str, Any]:
+    """Penultimate features (``bench.train.embed``) of a cell's model (``stage``: defend = after the defense,
+    train = the backdoored model) on its poisoned training set: up to ``per_class`` clean images per class and
+    ``max_poisoned`` poisoned ones, drawn with a seeded generator. ``cell`` is an entry of Storage.cells().
+
+    Returns {features (N x D array), labels (original class), poisoned (bool)}.
+
+    Raises:
+        SpecError: the cell has no finished job of that stage (or its artifacts are gone).
+    """
+    import numpy as np
+    import torch
+
+    from bench.attack import POISONED, PoisonedSet
+    from bench.models import create_from_spec
+    from bench.stages import StageRunner
+    from bench.train import embed
+
+    runner = StageRunner(store_root, device="cpu", data_root=data_root)
+    keys = {s: k for s, k in cell["chain"].items() if s in (stage, "poison")}
+    arts = storage.artifacts(list(keys.values())) if len(keys) == 2 else {}
+    if len(keys) < 2 or "poison" not in arts[keys["poison"]] or "model" not in arts[keys[stage]]:
+        raise SpecError(f"cell {cell['key'][:12]}: no finished {stage} and poison jobs with artifacts")
+    bundle = runner.dataset(cell["config"]["dataset"])
+    poisoned = PoisonedSet.from_dict(runner.store.get(arts[keys["poison"]]["poison"]))
+    saved = runner.store.get(arts[keys[stage]]["model"])
+    model = create_from_spec(saved["spec"], bundle.info())
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    train = poisoned.apply(bundle.train)
+    is_p = poisoned.kind == POISONED
+    gen = torch.Generator().manual_seed(seed)
+    pick = []
+    for cls in torch.unique(bundle.train.labels):
+        idx = torch.nonzero((bundle.train.labels == cls) & ~is_p).flatten()
+        pick.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    pidx = torch.nonzero(is_p).flatten()
+    pick.append(pidx[torch.randperm(len(pidx), generator=gen)[:max_poisoned]])
+    idx = torch.cat(pick)
+    feats = embed(model, train.images[idx])
+    return {"features": np.asarray(feats.detach().cpu().double()), "labels": np.asarray(bundle.train.labels[idx]),
+            "poisoned": np.asarray(is_p[idx])}
+
+
+def tsne_figure(features: Any, labels: Any, poisoned: Any, out_stem: Path, title: str = "",
+                seed: int = 0) -> list[Path]:
+    """t-SNE (scikit-learn, seeded) of penultimate features: clean samples coloured by class, poisoned
+    samples in black (MCL Fig. 1/3, LfD Fig. 7)."""
+    import numpy as np
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    x = np.asarray(features, dtype=np.float64)
+    labels, poisoned = np.asarray(labels), np.asarray(poisoned, dtype=bool)
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=120)
+    cmap = plt.get_cmap("tab10" if len(np.unique(labels)) <= 10 else "tab20")
+    for i, cls in enumerate(np.unique(labels)):
+        m = (labels == cls) & ~poisoned
+        ax.scatter(emb[m, 0], emb[m, 1], s=6, color=cmap(i % cmap.N), label=str(cls))
+    ax.scatter(emb[poisoned, 0], emb[poisoned, 1], s=8, color="black", label="poisoned")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
+    return _save(fig, out_stem)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -608,15 +851,30 @@ def compare(frame: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     Verdicts: pass (|delta| <= tolerance), warn (better by more than the tolerance: refresh the baseline),
     fail (worse by more than the tolerance, in the metric's direction), insufficient (the cell has no value
     now, or the baseline has none): never a silent pass.
+
+    A baseline value is matched to the sweep's cell by its key (the content hash of the cell's whole
+    configuration); where no cell has that key any more (a plugin gained an option, so every key moved) and
+    the baseline carries the cell labels (dataset, model, recipe, attack, defense, clean_ratio, seed, as
+    ``bench baseline save --out`` / ``export`` write them), by those labels when exactly one cell has them.
     """
-    ours = {}
+    from bench.results import LABELS
+
+    ours, by_labels = {}, {}
+    labelled = all(c in baseline for c in LABELS) and all(c in frame for c in LABELS)
+    if labelled:
+        counts = pd.Series([_labels_of(r) for _, r in frame.iterrows()]).value_counts()
+        unique = {k for k, n in counts.items() if n == 1}
     for _, r in frame.iterrows():
         for m in baseline["metric"].unique():
             if m in r and pd.notna(r[m]):
                 ours[(r["key"], m)] = float(r[m])
+                if labelled and (lab := _labels_of(r)) in unique:
+                    by_labels[(lab, m)] = float(r[m])
     out = []
     for _, b in baseline.iterrows():
         now = ours.get((b["key"], b["metric"]))
+        if now is None and labelled:     # the cell's key moved (a new plugin option): match on its labels
+            now = by_labels.get((_labels_of(b), b["metric"]))
         tol = b["tolerance"] if pd.notna(b.get("tolerance")) else DEFAULT_TOLERANCE.get(b["metric"], DETECTION_TOLERANCE)
         verdict, delta = "insufficient", None
         if now is not None and pd.notna(b["value"]):
@@ -627,6 +885,12 @@ def compare(frame: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
         out.append({**{k: b[k] for k in b.index if k not in ("value", "tolerance", "better")},
                     "baseline": b["value"], "ours": now, "delta": delta, "tolerance": tol, "verdict": verdict})
     return pd.DataFrame(out)
+
+
+def _labels_of(row: Any) -> tuple:
+    from bench.results import LABELS
+    return tuple(None if pd.isna(row[c]) else (float(row[c]) if c == "clean_ratio" else str(row[c]))
+                 for c in LABELS)
 
 
 def cell_verdicts(result: pd.DataFrame) -> pd.DataFrame:

@@ -29,8 +29,9 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         for (name, _subset), (value, count) in sorted(evals.get(c["key"], {}).items()):
             row[name] = value
             row[f"{name}_n"] = count
-        for (name, _subset), (value, _count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
+        for (name, _subset), (value, count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
             row.setdefault(name, value)
+            row.setdefault(f"{name}_n", count)           # e.g. flag_recall_n = the number of poisoned images
         for stage in ("poison", "train", "defend", "evaluate"):
             key = c["chain"].get(stage)
             row[f"{stage}_s"] = durations.get(key) if key else None

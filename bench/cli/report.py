@@ -57,9 +57,17 @@ def _sweep_frame(storage, sweep: str):
               help="An ablation figure: metric vs a column or config path (clean_ratio, defense.tau); extra "
                    "COLUMN=VALUE pairs filter the cells (defense=ft). Repeatable.")
 @click.option("--reference", default=None, help="Paper numbers (reports/reference name or CSV); default: the spec's.")
+@click.option("--curves", "curve_metrics", default=None, metavar="METRICS",
+              help="Per-epoch curves of the defenses (sweeps with 'curves: true'), e.g. --curves ba,asr.")
+@click.option("--scores", "score_hist", is_flag=True,
+              help="Histograms of the per-sample scores of clean vs poisoned training samples (D-BR Fig. 3).")
+@click.option("--tsne", "tsne_cells", multiple=True, metavar="COLUMN=VALUE,...",
+              help="t-SNE of the penultimate features of the first cell matching the filter (e.g. "
+                   "attack=badnets,defense=none,seed=0); poisoned samples in black. Repeatable.")
 @workspace_option
 @db_option
-def report(target, spec, sweep_name, formats, out, figures, reference, workspace, db_url):
+def report(target, spec, sweep_name, formats, out, figures, reference, curve_metrics, score_hist, tsne_cells,
+           workspace, db_url):
     """Render a sweep as a paper table (HTML, LaTeX, CSV), with paper vs ours and ablation figures.
 
     SWEEP_OR_SPEC is a sweep name (its spec: --spec, else reports/specs/SWEEP.yaml or the spec naming the
@@ -91,6 +99,10 @@ def report(target, spec, sweep_name, formats, out, figures, reference, workspace
                                        filters=where)
             pngs.append(paths[0])
             click.echo(f"wrote {paths[0]} and {paths[1].name}")
+        for paths in _extra_figures(rp, storage, workspace, sweep_name, frame, out / table_spec.name,
+                                    curve_metrics, score_hist, tsne_cells):
+            pngs.append(paths[0])
+            click.echo(f"wrote {paths[0]} and {paths[1].name}")
     except rp.SpecError as err:
         raise click.BadParameter(str(err), param_hint="'SWEEP_OR_SPEC'") from None
     written = _write(rp, table, comparison, pngs, formats, stem)
@@ -98,6 +110,30 @@ def report(target, spec, sweep_name, formats, out, figures, reference, workspace
         click.echo(f"wrote {p}")
     if table.missing:
         click.echo(f"{table.missing} of {len(table.stats)} cells have no result (shown as —)")
+
+
+def _extra_figures(rp, storage, workspace, sweep, frame, stem: Path, curve_metrics, score_hist, tsne_cells):
+    """Curves, score histograms and t-SNE plots read from the database and the artifact store."""
+    from bench.cli.options import artifacts_root
+
+    if curve_metrics:
+        metrics = [m.strip() for m in curve_metrics.split(",") if m.strip()]
+        yield rp.curves_figure(rp.sweep_curves(storage, sweep), stem.parent / f"{stem.name}_curves", metrics)
+    if score_hist:
+        yield rp.score_histogram(rp.sweep_scores(storage, artifacts_root(workspace), sweep),
+                                 stem.parent / f"{stem.name}_scores")
+    for i, text in enumerate(tsne_cells):
+        where = {k: _scalar(v) for k, v in (p.split("=", 1) for p in text.split(",") if "=" in p)}
+        match = rp.apply_filters(frame, where)
+        if match.empty:
+            raise rp.SpecError(f"--tsne {text}: no cell of sweep {sweep!r} matches")
+        key = match["key"].iloc[0]
+        cell = next(c for c in storage.cells(sweep) if c["key"] == key)
+        feats = rp.cell_features(storage, artifacts_root(workspace), cell)
+        lab = cell["labels"]
+        title = f"{lab.get('dataset')} / {lab.get('attack')} / {lab.get('defense')} / seed {lab.get('seed')}"
+        yield rp.tsne_figure(feats["features"], feats["labels"], feats["poisoned"],
+                             stem.parent / f"{stem.name}_tsne{i}", title=title)
 
 
 def _write(rp, table, comparison, pngs, formats, stem: Path) -> list[Path]:
@@ -197,7 +233,7 @@ def _stored_baseline(storage, name: str):
 def _read_baseline_csv(file: Path):
     import pandas as pd
 
-    frame = pd.read_csv(file)
+    frame = pd.read_csv(file, dtype={"key": str})
     missing = {"key", "metric", "value"} - set(frame.columns)
     if missing:
         raise click.BadParameter(f"{file}: missing columns {sorted(missing)}", param_hint="'--baseline'")

@@ -72,3 +72,19 @@ def _float(v: Any) -> float | None:
     if v is None or (isinstance(v, float) and v != v):
         return None
     return float(v)
+
+
+def run_curves(storage: Storage, keys: Iterable[str]) -> pd.DataFrame:
+    """The per-epoch curves (``ctx.curves.record``) of each job's succeeded run: key, step, name, value."""
+    from bench.db.models import CurveRow
+
+    keys = list(keys)
+    rows: list[tuple] = []
+    with storage.session_scope() as s:
+        for chunk in range(0, len(keys), 500):
+            q = select(RunRow.job_key, CurveRow.step, CurveRow.name, CurveRow.value) \
+                .join(CurveRow, CurveRow.run_id == RunRow.id) \
+                .where(RunRow.job_key.in_(keys[chunk:chunk + 500]), RunRow.status == "succeeded") \
+                .order_by(RunRow.job_key, CurveRow.step, CurveRow.name)
+            rows.extend(s.execute(q).all())
+    return pd.DataFrame(rows, columns=["key", "step", "name", "value"])

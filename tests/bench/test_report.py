@@ -89,8 +89,10 @@ def test_latex_escapes_special_characters_in_names():
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\cmidrule(lr){3-4}" in tex
 
 
-EXPECTED_ROWS = {"mcl_table1": 132, "dbr_table1": 104, "dbr_table2": 181, "simclr_table1": 4,
-                 "simclr_table2": 48, "lfd_table2": 220}
+EXPECTED_ROWS = {"mcl_table1": 132, "dbr_table1": 104, "dbr_table2": 181, "ssl_table1": 4,
+                 "ssl_table2": 48, "lfd_table2": 220, "mcl_table2": 46, "mcl_table3": 30,
+                 "mcl_table5": 60, "mcl_table6": 60, "dbr_table3": 42, "ssl_table3": 20, "ssl_table4": 18,
+                 "ssl_table5": 18, "ssl_table6": 4, "ssl_table7": 8}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
@@ -114,8 +116,8 @@ def test_reference_csvs_parse_and_match_their_spec(name):
     ("dbr_table2", ("CIFAR-100", "Blend-Kitty", "MCR*", "asr"), 20.60),
     ("lfd_table2", ("GTSRB", "TJ-SQ", "LfD", "asr"), 25.70),
     ("lfd_table2", ("ImageNet subset", "None", "LfD", "ba"), 94.69),
-    ("simclr_table1", ("CIFAR-10", "BadNet", "kNN", "poison_kept"), 3.2),
-    ("simclr_table2", ("CIFAR-10", "WaNet", "AC[13]", "ba"), 87.05),
+    ("ssl_table1", ("CIFAR-10", "BadNet", "kNN", "poison_kept"), 3.2),
+    ("ssl_table2", ("CIFAR-10", "WaNet", "AC[13]", "ba"), 87.05),
 ])
 def test_reference_values_spot_checked_against_the_paper_text(name, key, value):
     ref = rp.load_reference(name).set_index(["dataset", "attack", "defense", "metric"])["value"]
@@ -160,6 +162,16 @@ def test_verdicts_follow_the_direction_and_tolerance():
     assert result["verdict"].tolist() == ["fail", "warn", "pass", "insufficient", "insufficient"]
     per_cell = rp.cell_verdicts(result).set_index("key")["verdict"].to_dict()
     assert per_cell == {"k0": "fail", "k1": "warn", "k2": "insufficient", "k3": "insufficient"}
+
+
+def test_a_moved_key_is_matched_by_the_cell_labels_and_never_silently_passed():
+    frame = cells([("x", "a", 0, 0.10, 0.5), ("x", "a", 1, 0.20, 0.5)])
+    base = rp.baseline_values(frame, metrics=("asr",))
+    base["key"] = ["old0", "old1"]
+    base.loc[1, ["value", "tolerance"]] = [0.10, 0.03]             # seed 1 was at 10 % ASR: now worse
+    assert rp.compare(frame, base)["verdict"].tolist() == ["pass", "fail"]
+    base["seed"] = [5, 6]                                            # no key and no labels match
+    assert rp.compare(frame, base)["verdict"].tolist() == ["insufficient", "insufficient"]
 
 
 def test_baseline_tolerance_is_widened_by_the_seed_spread():
