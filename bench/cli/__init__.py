@@ -14,9 +14,13 @@ from bench.cli.options import (
     artifacts_root,
     data_root_option,
     db_option,
+    grace_option,
+    heartbeat_option,
+    max_attempts_option,
     only_option,
     profile_option,
     set_option,
+    slurm_options,
     storage_for,
     sweep_name_option,
     workspace_option,
@@ -56,14 +60,30 @@ def _load(file: str, sets, profile, only=()):
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--retry-failed", is_flag=True, help="Run jobs that failed in an earlier run again.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, workers, device, retry_failed, progress):
+@slurm_options
+def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, workers, device, retry_failed, progress,
+          launcher, partition, gpus_per_task, cpus_per_task, mem, time_min, array_size, jobs_per_task, slurm_opts,
+          wait, grace_s, max_attempts):
     """Run every cell of a sweep file (cached jobs are skipped).
 
     Exit code 0 when every job succeeded, 1 when any failed, 2 for bad input (nothing is written then).
+    With --launcher slurm the jobs run in a Slurm job array of 'bench worker' tasks (see 'bench worker').
     """
     sw, graph = _load(file, sets, profile, only)
     if dry_run:
         _dry_run(sw, graph, workspace, db_url)
+        return
+    if launcher == "slurm":
+        from bench.launch.slurm import SlurmOptions
+
+        if retry_failed:
+            raise click.BadParameter("needs the local launcher", param_hint="'--retry-failed'")
+        extra = dict(_key_value(kv, "--slurm-opt") for kv in slurm_opts)
+        ws = workspace.resolve()
+        opts = SlurmOptions(folder=ws / "slurm", partition=partition, gpus_per_task=gpus_per_task,
+                            cpus_per_task=cpus_per_task, mem=mem, time_min=time_min, array_size=array_size,
+                            jobs_per_task=jobs_per_task, extra=extra)
+        _sweep_on_slurm(sw, graph, ws, db_url, data_root, device, progress, wait, grace_s, max_attempts, opts)
         return
     from bench.results import cells_frame, summary_table
     from bench.runner import RunOptions, install_sigterm, run_sweep
@@ -71,7 +91,7 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
     storage = storage_for(workspace, db_url)
     install_sigterm()
     opts = RunOptions(workers=workers, device=device, retry_failed=retry_failed, data_root=data_root,
-                      progress=progress)
+                      progress=progress, grace_s=grace_s)
     click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {len(graph.jobs)} jobs "
                f"(scale: {sw.scale}{', profile ' + sw.profile if sw.profile else ''})")
     summary = run_sweep(sw, storage, artifacts_root(workspace), opts)
@@ -84,6 +104,91 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
         click.echo(f"  failed: {f['stage']} {f['plugin']} {f['key'][:12]}  {f['error']}  "
                    f"(bench show {f['key'][:12]})")
     sys.exit(0 if summary.ok else 1)
+
+
+def _key_value(text: str, hint: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint=f"'{hint}'")
+    return key.strip().replace("-", "_"), value.strip()
+
+
+def _sweep_on_slurm(sw, graph, workspace: Path, db_url, data_root, device, progress, wait, grace_s, max_attempts,
+                    opts) -> None:
+    """Register the jobs, submit the array of 'bench worker' tasks, follow the database until the array ends."""
+    from bench.launch.slurm import follow, submit
+    from bench.results import cells_frame, summary_table
+    from bench.runner import RunOptions, Scheduler, register
+
+    storage = storage_for(workspace, db_url)
+    register(sw, storage)
+    states = storage.job_states(graph.jobs)
+    Scheduler(graph, storage, artifacts_root(workspace), RunOptions()).verify_done(states)  # re-queue bad artifacts
+    todo = storage.progress(sw.name)
+    click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {todo['jobs']} jobs, {todo['done']} done "
+               f"(scale: {sw.scale}{', profile ' + sw.profile if sw.profile else ''})")
+    if todo["done"] == todo["jobs"]:
+        click.echo("nothing to run")
+        return
+    args = ["--db", storage.url, "--workspace", str(workspace), "--sweep", sw.name, "--until-empty",
+            "--device", device, "--grace", str(grace_s), "--max-attempts", str(max_attempts)]
+    if data_root:
+        args += ["--data-root", str(Path(data_root).resolve())]
+    if opts.jobs_per_task:
+        args += ["--max-jobs", str(opts.jobs_per_task)]
+    jobs = submit(args, opts, f"bench-{sw.name}")
+    array = str(jobs[0].job_id).split("_")[0]
+    click.echo(f"submitted slurm array {array}: {opts.array_size} tasks of 'bench worker' (logs: {opts.folder})")
+    if not wait:
+        click.echo(f"follow it with: bench ls --db {storage.engine.url.render_as_string(hide_password=True)}")
+        return
+    counts = follow(storage, sw.name, jobs, progress=progress, echo=click.echo)
+    table = summary_table(cells_frame(storage, sw.name))
+    if not table.empty:
+        click.echo(table.to_string(index=False))
+    sys.exit(0 if counts["done"] == counts["jobs"] else 1)
+
+
+@main.command()
+@workspace_option
+@db_option
+@data_root_option
+@click.option("--sweep", "sweep_name", default=None, help="Only jobs of this sweep (default: any job in the database).")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Exit after this many jobs.")
+@click.option("--until-empty", is_flag=True, help="Exit when no job is ready and none is running (else wait for work).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@grace_option
+@heartbeat_option
+@max_attempts_option
+@click.option("--poll", "poll_s", type=click.FloatRange(min=0.05), default=2.0, show_default=True, metavar="SECONDS",
+              help="Longest wait between claims while idle.")
+@click.pass_context
+def worker(ctx, workspace, db_url, data_root, sweep_name, max_jobs, until_empty, device, grace_s, heartbeat_s,
+           max_attempts, poll_s):
+    """Pull ready jobs from a shared database and run them here, one at a time.
+
+    Start any number, on any machines that share the database (--db, e.g. postgresql+psycopg://host/db) and the
+    artifact store (--workspace or BENCH_ARTIFACTS on a shared path). SIGUSR1: finish the current job, then exit;
+    SIGTERM: give the current job back at once, then exit. Exit code 0, or 1 when a job it ran failed.
+    """
+    from bench.launch.pull import PullWorker, WorkerOptions
+
+    storage = storage_for(workspace, db_url)
+    if sweep_name and sweep_name not in storage.sweep_names():
+        from bench.config import closest
+        raise click.BadParameter(f"no sweep {sweep_name!r}; {closest(sweep_name, storage.sweep_names())}",
+                                 param_hint="'--sweep'")
+    opts = WorkerOptions(sweep=sweep_name, max_jobs=max_jobs, until_empty=until_empty, device=device,
+                         data_root=data_root, grace_s=grace_s, heartbeat_s=heartbeat_s, max_attempts=max_attempts,
+                         poll_s=poll_s)
+    w = PullWorker(storage, artifacts_root(workspace), opts, log=click.echo)
+    click.echo(f"worker {w.owner} ({w.info.worker}, {w.info.device}, code {w.info.git_commit or w.info.bench_version})"
+               f" on {storage.engine.url.render_as_string(hide_password=True)}"
+               + (f", sweep '{sweep_name}'" if sweep_name else ""))
+    report = w.run()
+    click.echo(f"worker exits: {report.reason}; {report.ran} jobs ran, {len(report.failed)} failed, "
+               f"{report.released} released, {report.lost} taken over")
+    ctx.exit(1 if report.failed else 0)
 
 
 def _dry_run(sw, graph, workspace: Path, db_url: str | None) -> None:

@@ -40,3 +40,43 @@ def storage_for(workspace: Path, db_url: str | None, create: bool = True):
 
 def artifacts_root(workspace: Path) -> Path:
     return Path(os.environ.get("BENCH_ARTIFACTS", workspace / "artifacts"))
+
+
+# -- scale-out: pull workers (bench worker) and the Slurm launcher (bench sweep --launcher slurm) ------------
+grace_option = click.option(
+    "--grace", "grace_s", type=click.FloatRange(min=1), default=300.0, show_default=True, metavar="SECONDS",
+    help="A running job whose heartbeat (database clock) is older than this is re-queued.")
+max_attempts_option = click.option(
+    "--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+    help="Claims per job before a job that keeps dying (stale or released) is marked failed.")
+heartbeat_option = click.option(
+    "--heartbeat", "heartbeat_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    metavar="SECONDS", help="Seconds between heartbeats of a running job.")
+
+_SLURM = [
+    click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                 help="local: run here (scheduler + worker processes). slurm: submit a job array of 'bench worker' "
+                      "tasks on a shared database (--db) and artifact store (--workspace on a shared path)."),
+    click.option("--partition", default=None, help="[slurm] Partition to submit to."),
+    click.option("--gpus-per-task", type=click.IntRange(min=0), default=0, show_default=True, help="[slurm] GPUs per task."),
+    click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="[slurm] CPUs per task."),
+    click.option("--mem", default=None, metavar="SIZE", help="[slurm] Memory per task, e.g. 16G."),
+    click.option("--time", "time_min", type=click.IntRange(min=1), default=60, show_default=True, metavar="MINUTES",
+                 help="[slurm] Time limit per task; a task at its limit gives its job back."),
+    click.option("--array-size", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="[slurm] Array tasks (workers running at once)."),
+    click.option("--jobs-per-task", type=click.IntRange(min=1), default=None,
+                 help="[slurm] Each task stops after this many jobs (default: when the sweep has nothing left)."),
+    click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+                 help="[slurm] Any other sbatch option, e.g. account=proj or qos=high. Repeatable."),
+    click.option("--wait/--no-wait", default=True, help="[slurm] Follow progress until the array ends, or return at once."),
+    grace_option,
+    max_attempts_option,
+]
+
+
+def slurm_options(f):
+    """The launcher switch and the Slurm knobs of ``bench sweep`` (stacked in the order listed)."""
+    for option in reversed(_SLURM):
+        f = option(f)
+    return f
