@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bench.cli import main
@@ -22,8 +23,15 @@ BASELINE = ROOT / "reports" / "baselines" / "ci_digits.csv"
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("ci") / "ws"
-    result = CliRunner().invoke(main, ["sweep", str(SWEEP), "--workspace", str(ws), "--workers", "0"])
+    # CPU float reductions depend on the thread count, and other test modules set it (1 or 2) at import: pin
+    # the count the baseline was made with, so the check sees the same arithmetic whatever ran before.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ws = tmp_path_factory.mktemp("ci") / "ws"
+        result = CliRunner().invoke(main, ["sweep", str(SWEEP), "--workspace", str(ws), "--workers", "0"])
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return ws
 
