@@ -69,11 +69,13 @@ def test_select_level_is_the_largest_within_tolerance():
 
 
 def test_anp_on_digits_prunes_and_changes_the_model(backdoor):
-    defense = make_defense({"name": "anp", "iterations": 12, "batch_size": 64, "augment": [],
-                            "level_step": 0.1})
+    defense = make_defense({"name": "anp", "iterations": 200, "batch_size": 64, "augment": [],
+                            "level_step": 0.05})
     ctx = make_context(backdoor, defense, clean_ratio=0.3)
     out = defense.run(ctx)
     assert out.metrics["neurons"] == 128 and 0 <= out.metrics["pruned"] <= 128
     after = evaluate(backdoor, out.model)
-    # the level is chosen on clean_val within 2 points; the test accuracy follows it (measured: see report)
+    # The level is chosen on clean_val within 2 points. Measured (seed 0): threshold 0.75, 5 of 128 neurons
+    # pruned, ASR 1.00 -> 0.86, BA 0.997 -> 0.994: a dent, not a removal, on this tiny digits backdoor.
     assert after["ba"] >= backdoor.metrics["ba"] - 0.1, after
+    assert out.metrics["pruned"] > 0 and after["asr"] <= backdoor.metrics["asr"] - 0.05, after
