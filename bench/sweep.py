@@ -89,6 +89,7 @@ class Sweep:
     profile: str | None = None
     scale: str = "paper"
     document: dict[str, Any] = field(default_factory=dict)   # the expanded document, as stored with the sweep
+    partial: bool = False                 # only some cells (``--only``): they add to the stored cell list
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
                 seen.add(key)
                 cells.append(cell)
     scale = prof_overlay.get("scale", "paper") if profile else "paper"
-    return Sweep(doc["name"], file, cells, profile, scale, doc)
+    return Sweep(doc["name"], file, cells, profile, scale, doc, partial=bool(keep))
 
 
 def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:

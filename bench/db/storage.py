@@ -167,11 +167,13 @@ class Storage:
 
     # -- sweeps, cells and jobs ----------------------------------------------------------------------------
     def register_sweep(self, name: str, file: str, profile: str | None, scale: str, document: dict,
-                       jobs: Iterable[Any], cells: list[tuple[dict, dict, str]]) -> int:
+                       jobs: Iterable[Any], cells: list[tuple[dict, dict, str]], merge: bool = False) -> int:
         """Insert the sweep (or update it), its missing jobs and its cell list; returns the sweep id.
 
         ``jobs`` are graph jobs (parents first); ``cells`` are (labels, config, evaluate key) per cell.
-        Existing jobs, runs and metrics are never touched.
+        The cell list replaces the stored one, unless ``merge`` (a run of some cells, ``--only``) and the
+        stored sweep has the same profile and scale: then cells and jobs not yet listed are appended, so
+        running a table block by block builds the whole table.  Existing jobs, runs and metrics are never touched.
         """
         now = utcnow()
         jobs = list(jobs)
@@ -192,12 +194,25 @@ class Storage:
                 s.add(row)
                 s.flush()
             else:
+                merge = merge and (row.profile, row.scale) == (profile, scale)
                 row.file, row.profile, row.scale, row.document, row.updated_at = file, profile, scale, document, now
-            s.execute(delete(CellRow).where(CellRow.sweep_id == row.id))
-            for pos, (labels, config, key) in enumerate(cells):
-                s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config))
-            s.execute(delete(SweepJobRow).where(SweepJobRow.sweep_id == row.id))
-            _insert_rows(s, SweepJobRow, [dict(sweep_id=row.id, job_key=j.key) for j in jobs])
+            listed: dict[str, int] = {}
+            listed_jobs: set[str] = set()
+            if merge:
+                listed = dict(s.execute(select(CellRow.job_key, CellRow.position)
+                                        .where(CellRow.sweep_id == row.id)).all())
+                listed_jobs = set(s.scalars(select(SweepJobRow.job_key).where(SweepJobRow.sweep_id == row.id)))
+            else:
+                s.execute(delete(CellRow).where(CellRow.sweep_id == row.id))
+                s.execute(delete(SweepJobRow).where(SweepJobRow.sweep_id == row.id))
+            pos = max(listed.values(), default=-1) + 1
+            for labels, config, key in cells:
+                if key not in listed:
+                    s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config))
+                    listed[key] = pos
+                    pos += 1
+            _insert_rows(s, SweepJobRow, [dict(sweep_id=row.id, job_key=j.key) for j in jobs
+                                          if j.key not in listed_jobs])
             return row.id
 
     def job_states(self, keys: Iterable[str]) -> dict[str, JobState]:

@@ -89,3 +89,24 @@ def test_schema_version_mismatch_names_the_fix(tmp_path):
         c.execute(text("update meta set value='0' where key='schema_version'"))
     with pytest.raises(SchemaMismatch, match="bench db upgrade"):
         Storage(url)
+
+
+def test_running_a_table_block_by_block_builds_the_whole_table(tmp_path, workspace):
+    """--only runs some cells; the sweep's stored cell list grows with each block instead of being replaced."""
+    path = write(tmp_path, tiny_sweep())
+
+    def exported():
+        out = CliRunner().invoke(main, ["export", "--format", "json"])
+        return sorted((r["defense"], r["state"]) for r in json.loads(out.output))
+
+    first = CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress", "--only", "defense.name=none"])
+    assert first.exit_code == 0, first.output
+    assert exported() == [("none", "done")]
+    second = CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress", "--only", "defense.name=ft"])
+    assert second.exit_code == 0 and "2 cached" in second.output        # the shared poison and train jobs
+    assert exported() == [("ft", "done"), ("none", "done")]
+    again = CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress"])   # the whole file
+    assert again.exit_code == 0 and "0 jobs ran" in again.output
+    assert exported() == [("ft", "done"), ("none", "done")]
+    ls = CliRunner().invoke(main, ["ls"])
+    assert "2/2" in ls.output

@@ -160,3 +160,19 @@ def test_load_sweep_file_errors(tmp_path):
     assert str(info.value).startswith(str(bad))
     with pytest.raises(ConfigError, match="no such sweep file"):
         load_sweep(tmp_path / "missing.yaml")
+
+
+def test_only_keeps_the_matching_cells_and_marks_the_sweep_partial():
+    from benchtest import tiny_sweep
+
+    doc = tiny_sweep(attacks=[{"name": "badnets", "target": 0}, {"name": "blend", "target": 0}])
+    full = build_sweep(doc, "t.yaml")
+    assert len(full.cells) == 4 and not full.partial
+    part = build_sweep(doc, "t.yaml", only=["attack.name=blend", "defense.name=[none]"])
+    assert part.partial and [(c.attack["name"], c.defense["name"]) for c in part.cells] == [("blend", "none")]
+    with pytest.raises(ConfigError, match="--only.defence: unknown key; did you mean 'defense'"):
+        build_sweep(doc, "t.yaml", only=["defence=ft"])
+    with pytest.raises(ConfigError, match="no cell of the sweep matches"):
+        build_sweep(doc, "t.yaml", only=["attack.name=wanet"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        build_sweep(doc, "t.yaml", only=["dataset"])
