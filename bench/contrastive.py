@@ -4,12 +4,15 @@
 ``supcon``: Khosla et al. (2020) supervised contrastive loss (Eq. 2, "L_out"); a label of -1 marks a sample
 whose only positive is its own other view (D-ST's treatment of suspicious samples, seed 001 Eq. 2).
 ``ProjectionHead``: the MLP projector (dim -> dim -> out) whose L2-normalised output the losses compare.
+``two_view_loss``: the ``fit`` loss of every SimCLR-style stage: two random views of the batch, encoded, compared.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.augment import simclr_views
 
 
 class ProjectionHead(nn.Module):
@@ -49,3 +52,24 @@ def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None, temp
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's NT-Xent loss (each anchor's single positive is its other view)."""
     return supcon(z1, z2, None, temperature)
+
+
+def two_view_loss(criterion, generator: torch.Generator | None, encode=None, joint: bool = False):
+    """A ``fit`` loss_fn: two SimCLR views of the (un-augmented) batch, encoded, then ``criterion(z1, z2, y, idx)``.
+
+    ``encode(model, views)`` defaults to ``model(views)``; ``joint`` encodes both views in one forward pass, so
+    BatchNorm normalises over the 2N views together (SimCLR's reference practice, D-ST's code), instead of
+    one pass per view.
+    """
+    encode = encode or (lambda model, v: model(v))
+
+    def loss_fn(model, x, y, idx):
+        v1, v2 = simclr_views(x, generator)
+        if joint:
+            z = encode(model, torch.cat([v1, v2]))
+            z1, z2 = z[:len(x)], z[len(x):]
+        else:
+            z1, z2 = encode(model, v1), encode(model, v2)
+        return criterion(z1, z2, y, idx)
+    return loss_fn
+

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import augment, simclr_views
-from bench.contrastive import ProjectionHead, nt_xent
+from bench.augment import augment
+from bench.contrastive import ProjectionHead, nt_xent, two_view_loss
 from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
 from bench.recipes import Augment, Recipe
@@ -124,11 +124,8 @@ class _SimCLRModel(nn.Module):
 
 
 def _simclr_loss(cfg: DBDConfig, gen: torch.Generator):
-    def loss_fn(model, x, y, idx):
-        v1, v2 = simclr_views(x, gen)
-        return nt_xent(model.head(model.backbone.forward_features(v1)),
-                       model.head(model.backbone.forward_features(v2)), cfg.temperature)
-    return loss_fn
+    return two_view_loss(lambda z1, z2, y, idx: nt_xent(z1, z2, cfg.temperature), gen,
+                         encode=lambda model, v: model.head(model.backbone.forward_features(v)))
 
 
 def _frozen_head_loss(cfg: DBDConfig):

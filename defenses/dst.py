@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import SIMCLR, simclr_views
-from bench.contrastive import ProjectionHead, supcon
+from bench.augment import SIMCLR
+from bench.contrastive import ProjectionHead, supcon, two_view_loss
 from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseContext, DefenseResult
 from bench.recipes import Recipe
@@ -102,12 +102,9 @@ def train_extractor(model: nn.Module, train: ImageSet, labels: torch.Tensor | No
     net = _Contrastive(model, cfg.proj_dim)
     labels = labels.to(device) if labels is not None else None
 
-    def loss_fn(m, x, y, idx):
-        g = gen_for_device(gen, x.device)
-        v1, v2 = simclr_views(x, g)
-        z = m(torch.cat([v1, v2]))
-        return supcon(z[:len(x)], z[len(x):], None if labels is None else labels[idx], cfg.ctl_temperature)
-
+    loss_fn = two_view_loss(lambda z1, z2, y, idx: supcon(z1, z2, None if labels is None else labels[idx],
+                                                          cfg.ctl_temperature),
+                            gen_for_device(gen, device), joint=True)
     fit(net, train, cfg.ctl_recipe(), device=device, seed=seed, loss_fn=loss_fn)
     return net.encoder
 

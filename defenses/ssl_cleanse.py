@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import simclr_views
-from bench.contrastive import ProjectionHead, nt_xent, supcon
+from bench.contrastive import ProjectionHead, nt_xent, supcon, two_view_loss
 from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
 from bench.recipes import Recipe
@@ -111,11 +110,8 @@ class _AutoEncoder(nn.Module):
 
 
 def _views_loss(loss, gen: torch.Generator):
-    """A ``fit`` loss_fn that draws two SimCLR views of the (un-augmented) batch and applies ``loss``."""
-    def loss_fn(model, x, y, idx):
-        v1, v2 = simclr_views(x, gen)
-        return loss(model(v1), model(v2), y)
-    return loss_fn
+    """A ``fit`` loss_fn that draws two SimCLR views of the (un-augmented) batch and applies ``loss(z1, z2, y)``."""
+    return two_view_loss(lambda z1, z2, y, idx: loss(z1, z2, y), gen)
 
 
 def train_simclr(ctx: DefenseContext, data: ImageSet, cfg: SSLCleanseConfig) -> _Embedder:
