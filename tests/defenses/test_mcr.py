@@ -63,7 +63,9 @@ def test_t_chosen_on_held_out_clean_accuracy(backdoor):
     best = max(scores.values())
     assert scores[out.metrics["t"]] == best and out.metrics["val_acc"] == best
     after = evaluate(backdoor, out.model)
-    print("MCR t_grid:", scores, "chosen", out.metrics["t"], "after", after, "before", backdoor.metrics)
+    # Measured: every grid point keeps held-out accuracy 1.0 (t = 0.4 chosen by the tie rule) and ASR stays 1.00:
+    # on this tiny, very strong digits backdoor the clean-only path stays backdoored (also at 40 curve epochs and
+    # lr 0.05). On a weaker CIFAR-10 mini backdoor MCR at t = 0.4 took BadNets 28.9 -> 3.9 % (closing note).
     assert after["ba"] >= backdoor.metrics["ba"] - 0.05
 
 
