@@ -1,6 +1,8 @@
 """Sweep grammar: product, local lists, zip, include/exclude, seeds, profiles, --set, and every error case."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -176,3 +178,18 @@ def test_only_keeps_the_matching_cells_and_marks_the_sweep_partial():
         build_sweep(doc, "t.yaml", only=["attack.name=wanet"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         build_sweep(doc, "t.yaml", only=["dataset"])
+
+
+SWEEP_FILES = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_resolves_at_paper_and_mini_scale(path):
+    """Each paper table/figure file names real plugins and options and expands to cells, with and without mini."""
+    from bench.graph import build_graph
+
+    paper = load_sweep(path)
+    mini = load_sweep(path, profile="mini")
+    assert paper.name == path.stem and paper.cells and len(mini.cells) == len(paper.cells)
+    assert mini.scale == "mini" and paper.scale == "paper"
+    assert build_graph(mini.cells).jobs
