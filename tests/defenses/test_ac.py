@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from defensetest import make_context, make_defense
+from defensetest import make_defense, run_with_fewer_poisoned
 
-from bench.attack import CLEAN
-from bench.train import seed_everything
 from defenses.ac import ACConfig, cluster_class
 
 
@@ -41,14 +38,8 @@ def test_ac_on_digits_flags_mostly_poison_in_the_target_class(backdoor, reduce):
 
     With all 130 (48 % of class 0) neither cluster is small: measured 0 flagged (ICA, 3 inits; PCA 2 of 3).
     """
-    poisoned_all = backdoor.poisoned.kind != CLEAN
-    keep = torch.nonzero(~poisoned_all | (torch.cumsum(poisoned_all.long(), 0) <= 40)).flatten()
-    poisoned = poisoned_all[keep]
     defense = make_defense({"name": "ac", "target_class": 0, "teacher_epochs": 8, "reduce": reduce})
-    ctx = make_context(backdoor, defense)
-    ctx.train = ctx.train.subset(keep)
-    seed_everything(0)                                               # as the runner does before run()
-    out = defense.run(ctx)
+    ctx, out, poisoned = run_with_fewer_poisoned(backdoor, defense, 40)
     assert out.model is None and out.scores.shape == poisoned.shape
     flags = out.flags
     assert bool((ctx.train.labels[flags] == 0).all())

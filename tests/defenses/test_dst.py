@@ -7,13 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from defensetest import MODEL, make_defense
+from defensetest import MODEL, make_defense, poisoned_digits
 
 from bench.attack import POISONED
 from bench.contrastive import nt_xent, supcon
-from bench.data.datasets import DigitsConfig, load_dataset
 from bench.models import create_model
-from bench.registry import ATTACKS
 from bench.stages import build_context
 from bench.train import seed_everything
 from defenses.dst import DSTConfig, contrastive_labels, mixed_ce, train_classifier
@@ -65,12 +63,7 @@ def test_mixed_ce():
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(2)
-    bundle = load_dataset("digits", DigitsConfig())
-    entry, cfg = ATTACKS.resolve({"name": "badnets", "target": 0, "poison_rate": 0.1}, "attack")
-    attack = entry.obj(cfg, bundle.info(), 0)
-    poisoned = attack.poison(bundle.train, torch.Generator().manual_seed(0))
-    return bundle, attack, poisoned, poisoned.apply(bundle.train)
+    return poisoned_digits()
 
 
 def test_stage2_trains_only_the_head(digits):

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import torch
-from defensetest import make_context, make_defense
+from defensetest import make_defense, run_with_fewer_poisoned
 
-from bench.attack import CLEAN
-from bench.train import seed_everything
 from defenses.ss import spectral_scores, top_flags
 
 
@@ -33,14 +31,8 @@ def test_ss_on_digits_flags_the_poison_in_the_target_class(backdoor):
     With all 130 (48 % of class 0) the centred mean falls between the two groups and τ is high for both:
     measured AUROC 0.53 in class 0, as Tran et al.'s analysis (small ε) leads one to expect.
     """
-    poisoned_all = backdoor.poisoned.kind != CLEAN
-    keep = torch.nonzero(~poisoned_all | (torch.cumsum(poisoned_all.long(), 0) <= 20)).flatten()
-    poisoned = poisoned_all[keep]
     defense = make_defense({"name": "ss", "poison_count": 20, "target_class": 0, "teacher_epochs": 8})
-    ctx = make_context(backdoor, defense)
-    ctx.train = ctx.train.subset(keep)
-    seed_everything(0)                                               # as the runner does before run()
-    out = defense.run(ctx)
+    ctx, out, poisoned = run_with_fewer_poisoned(backdoor, defense, 20)
     assert out.model is None and out.scores.shape == poisoned.shape
     flags = out.flags
     assert int(flags.sum()) == 30                                    # exactly 1.5 × the poison count

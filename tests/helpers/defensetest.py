@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
+from bench.attack import CLEAN
 from bench.data.datasets import DigitsConfig, load_dataset
 from bench.metrics import backdoor_metrics
 from bench.models import create_model
@@ -18,14 +19,19 @@ from bench.train import fit, seed_everything
 MODEL = {"name": "small_cnn", "width": 16}
 
 
-def train_backdoor():
-    """BadNets (3x3 grid, target 0, 10 % of non-target digits) on a width-16 small CNN: ASR ~1, BA ~0.99."""
+def poisoned_digits():
+    """BadNets (3x3 grid, target 0, 10 % of non-target digits) on digits: (bundle, attack, poisoned, train)."""
     torch.set_num_threads(2)
     bundle = load_dataset("digits", DigitsConfig())
     entry, cfg = ATTACKS.resolve({"name": "badnets", "target": 0, "poison_rate": 0.1}, "attack")
     attack = entry.obj(cfg, bundle.info(), 0)
     poisoned = attack.poison(bundle.train, torch.Generator().manual_seed(0))
-    train = poisoned.apply(bundle.train)
+    return bundle, attack, poisoned, poisoned.apply(bundle.train)
+
+
+def train_backdoor():
+    """The poisoned digits of ``poisoned_digits`` learned by a width-16 small CNN: ASR ~1, BA ~0.99."""
+    bundle, attack, poisoned, train = poisoned_digits()
     recipe = dataclasses.replace(RECIPES.resolve("quick", "recipe")[1], epochs=15)
     seed_everything(0)
     model = fit(create_model("small_cnn", 10, 1, 16, bundle.mean, bundle.std, width=16), train, recipe, seed=0)
@@ -41,6 +47,17 @@ def make_context(backdoor, defense, clean_ratio: float = 0.1, seed: int = 0, cur
              "clean_ratio": clean_ratio, "clean_stratified": False, "curves": curves}
     return build_context(defense, chain, backdoor.bundle, backdoor.poisoned, backdoor.train, backdoor.attack,
                          torch.device("cpu"), copy.deepcopy(backdoor.model))
+
+
+def run_with_fewer_poisoned(backdoor, defense, n_poisoned: int):
+    """Run a training-set defense on the fixture's training set keeping only its first ``n_poisoned`` poisoned
+    samples (seeded as the runner seeds before run()); returns (context, result, poisoned mask of that set)."""
+    poisoned_all = backdoor.poisoned.kind != CLEAN
+    keep = torch.nonzero(~poisoned_all | (torch.cumsum(poisoned_all.long(), 0) <= n_poisoned)).flatten()
+    ctx = make_context(backdoor, defense)
+    ctx.train = ctx.train.subset(keep)
+    seed_everything(0)
+    return ctx, defense.run(ctx), poisoned_all[keep]
 
 
 def make_defense(spec):
