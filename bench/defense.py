@@ -122,3 +122,12 @@ class Defense:
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError(f"{type(self).__name__}.run")
+
+
+def top_flags(scores: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+    """Flags (bool [n]) of the ``k`` highest scores (the ``k`` lowest with ``largest=False``); k is clipped to
+    [0, n].  The flagging step shared by the detectors that remove or isolate a fixed count (SS, ABL, DBD)."""
+    flags = torch.zeros(len(scores), dtype=torch.bool)
+    flags[torch.argsort(scores, descending=largest)[:max(0, min(k, len(scores)))]] = True
+    return flags
+

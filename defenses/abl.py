@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
+from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult, top_flags
 from bench.recipes import Augment, Recipe
 from bench.registry import register_defense
 from bench.train import fit
@@ -112,10 +112,7 @@ def per_sample_loss(model: nn.Module, images_u8: torch.Tensor, labels: torch.Ten
 
 def isolate(losses: torch.Tensor, ratio: float) -> torch.Tensor:
     """Flags (bool [N]) of the lowest-loss ``ratio`` of the samples (at least one): ABL's D_b."""
-    k = max(1, int(round(ratio * len(losses))))
-    flags = torch.zeros(len(losses), dtype=torch.bool)
-    flags[torch.argsort(losses)[:k]] = True
-    return flags
+    return top_flags(losses, max(1, int(round(ratio * len(losses)))), largest=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

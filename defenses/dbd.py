@@ -40,7 +40,7 @@ from torch import nn
 from bench.augment import augment
 from bench.contrastive import ProjectionHead, nt_xent, two_view_loss
 from bench.data.imageset import ImageSet
-from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
+from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult, top_flags
 from bench.recipes import Augment, Recipe
 from bench.registry import register_defense
 from bench.train import fit, gen_for_device
@@ -229,6 +229,4 @@ class DBD(Defense):
         """SCE losses and flags (True = low-credible: outside the ε lowest-loss fraction)."""
         losses = sce_per_sample(model, train, self.cfg, device)
         n_high = int(round(self.cfg.epsilon * len(losses)))
-        flags = torch.ones(len(losses), dtype=torch.bool)
-        flags[torch.argsort(losses)[:n_high]] = False
-        return losses, flags
+        return losses, ~top_flags(losses, n_high, largest=False)

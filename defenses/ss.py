@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
+from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult, top_flags
 from bench.registry import register_defense
 from bench.train import embed
 from defenses.ac import class_groups, train_on_poisoned
@@ -58,13 +58,6 @@ def spectral_scores(reps: torch.Tensor) -> torch.Tensor:
     centred = reps.double() - reps.double().mean(0, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     return ((centred @ vh[0]) ** 2).float()
-
-
-def top_flags(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Flags (bool [n]) of the ``k`` highest scores."""
-    flags = torch.zeros(len(scores), dtype=torch.bool)
-    flags[torch.argsort(scores, descending=True)[:max(0, min(k, len(scores)))]] = True
-    return flags
 
 
 @register_defense("ss", display_name="SS")
