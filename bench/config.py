@@ -15,9 +15,12 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from typing import Any, Iterable, Literal, Mapping, get_args, get_origin
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -37,6 +40,33 @@ class ConfigError(ValueError):
     def under(self, prefix: str) -> "ConfigError":
         path = f"{prefix}.{self.path}" if self.path and not self.path.startswith("[") else f"{prefix}{self.path}"
         return ConfigError(path, self.message, self.file)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float rule: ``1e-4``, ``1E+9`` and ``5e3`` are floats (YAML 1.1, which
+    PyYAML implements, wants a dot, so ``1e-4`` became the string '1e-4')."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str, file: str | None = None) -> Any:
+    """The one YAML reader of sweep files, profiles, ``--set``/``--only`` values, report specs and claims files.
+
+    Raises:
+        ConfigError: a syntax error, as one line naming the file, line and column.
+    """
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError("", f"not valid YAML: {where}{err.problem or err.context}", file) from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"not valid YAML: {str(err).splitlines()[0]}", file) from None
 
 
 def closest(name: str, valid: Iterable[str]) -> str:

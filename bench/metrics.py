@@ -13,7 +13,7 @@ import torch
 
 from bench.attack import POISONED, Attack
 from bench.data.imageset import ImageSet
-from bench.train import predict
+from bench.train import check_finite, predict
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,13 @@ class Metric:
 
 
 def backdoor_metrics(model, test: ImageSet, attack: Attack, device=None) -> list[Metric]:
-    """BA, ASR and RA in one pass over the clean and the triggered test tensors."""
+    """BA, ASR and RA in one pass over the clean and the triggered test tensors.
+
+    Raises:
+        Diverged: the model has a NaN or infinite weight (its predictions would be meaningless: a NaN network
+            predicts class 0, which reads as 100 % ASR against target 0).
+    """
+    check_finite(model, "refusing to evaluate")
     pred = predict(model, test.images, device)
     ba = (pred == test.labels.cpu()).float()
     x_trig, y_target, keep = attack.stamp_test(test.images.cpu(), test.labels.cpu())

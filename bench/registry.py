@@ -70,6 +70,7 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
         self._loaded = False
+        self._loading = False
 
     def register(self, name: str, *, version: int = 1, config: type | None = None, display_name: str | None = None,
                  aliases: tuple[str, ...] = (), **meta: Any) -> Callable:
@@ -91,11 +92,19 @@ class Registry:
         return deco
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
+        """Import the plugin modules once.  A module that registers while it imports may look itself up
+        (``_loading`` stops that recursion); an import that fails leaves the registry unloaded, so the next use
+        retries and raises the same error instead of answering from a half-filled registry."""
+        if self._loaded or self._loading:
+            return
+        self._loading = True
+        try:
             for module in self.modules:
                 importlib.import_module(module)
             load_user_plugins()
+            self._loaded = True
+        finally:
+            self._loading = False
 
     def names(self) -> list[str]:
         self._load()

@@ -97,16 +97,14 @@ def load_spec(name_or_path: str | Path) -> TableSpec:
     Raises:
         SpecError: unknown spec name or key, or a malformed entry.
     """
-    import yaml
-
-    from bench.config import closest
+    from bench.config import closest, load_yaml
 
     path = Path(name_or_path)
     if not path.suffix:
         path = SPECS_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         raise SpecError(f"{name_or_path}: no such table spec; {closest(str(name_or_path), spec_names())}")
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = load_yaml(path.read_text(), str(path)) or {}
     return spec_from_dict(doc, str(path))
 
 

@@ -113,6 +113,7 @@ class Scheduler:
         self.lineage = {k: self._lineage(k) for k in graph.jobs}
         self.info = run_info()
         self.is_stale = stale_after(opts.grace_s, storage.server_now)
+        self.requeued: list[str] = []      # done jobs put back to pending (artifact missing or corrupt)
 
     def _lineage(self, key: str) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -129,6 +130,7 @@ class Scheduler:
         needed = {k for k in needed if states[k].state == "done"}
         arts = self.storage.artifacts(needed)
         bad = [k for k in needed if not arts[k] or not all(self.store.verify(r) for r in arts[k].values())]
+        self.requeued += bad
         if bad:
             self.storage.reset_jobs(bad)
             for k in bad:
@@ -159,7 +161,11 @@ class Scheduler:
             from bench.stages import StageRunner
             inline = StageRunner(self.store_root, None if self.opts.device == "auto" else self.opts.device,
                                  self.opts.data_root)
-        bar = tqdm(total=len(keys) - len(done), disable=not self.opts.progress, unit="job", dynamic_ncols=True,
+        for k in self.requeued:
+            print(f"{self.graph.jobs[k].stage} job {k[:12]}: its stored artifact is missing or corrupt; it runs again",
+                  file=sys.stderr)
+        todo = len(keys) - len(done)        # no bar at all when everything is cached
+        bar = tqdm(total=todo, disable=not self.opts.progress or todo == 0, unit="job", dynamic_ncols=True,
                    desc="sweep")
         last_beat = last_poll = time.monotonic()
         retry = self.opts.retry_failed
@@ -265,8 +271,10 @@ class Scheduler:
             if not self.storage.fail_run(key, attempt, msg["error"], msg["traceback"], msg.get("duration_s")):
                 return              # taken over meanwhile (see above)
             failed.add(key)
-            summary.failed.append({"key": key, "stage": job.stage, "plugin": job.plugin, "error": msg["error"]})
-            bar.write(f"FAILED {job.stage} {job.plugin} {key[:12]}: {msg['error']}")
+            summary.failed.append({"key": key, "stage": job.stage, "plugin": job.plugin, "error": msg["error"],
+                                   "shown": self.opts.progress})
+            if self.opts.progress:          # said once now; the summary then lists only the key
+                bar.write(f"FAILED {job.stage} {job.plugin} {key[:12]}: {msg['error']}")
         bar.update(1)
 
 

@@ -43,9 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
-from bench.config import ConfigError, closest, coerce, hints_of, is_sequence_type, to_plain
+from bench.config import ConfigError, closest, coerce, hints_of, is_sequence_type, load_yaml, to_plain
 from bench.registry import DATASETS, MODELS, RECIPES, REGISTRIES, Registry
 
 TOP_KEYS = ("name", "description", "seeds", "grid", "zip", "include", "exclude", "profile", "curves")
@@ -69,7 +67,7 @@ class Cell:
     seed: int
     curves: bool = False
     profile: str | None = None
-    scale: str = "paper"
+    scale: str = "full"             # the profile's ``scale`` (e.g. mini); "full" without a profile
 
     def label(self) -> dict[str, Any]:
         """The short, human-facing identity of the cell (for tables and ``bench ls``)."""
@@ -87,9 +85,10 @@ class Sweep:
     file: str
     cells: list[Cell]
     profile: str | None = None
-    scale: str = "paper"
+    scale: str = "full"
     document: dict[str, Any] = field(default_factory=dict)   # the expanded document, as stored with the sweep
-    partial: bool = False                 # only some cells (``--only``): they add to the stored cell list
+    partial: bool = False                 # only some cells (``--only``) or overridden ones (``--set``): they add
+    overrides: tuple[str, ...] = ()       # to the stored cell list, never replace it (see ``build_sweep``)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -105,11 +104,9 @@ def load_sweep(path: str | Path, sets: Iterable[str] = (), profile: str | None =
     path = Path(path)
     file = str(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text(), file)
     except FileNotFoundError:
         raise ConfigError("", f"no such sweep file (looked at {path.resolve()})", file) from None
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"not valid YAML: {str(err).splitlines()[0]}", file) from None
     try:
         return build_sweep(doc, file, sets, profile, profiles_dir, only)
     except ConfigError as err:
@@ -151,8 +148,12 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
             if key not in seen:
                 seen.add(key)
                 cells.append(cell)
-    scale = prof_overlay.get("scale", "paper") if profile else "paper"
-    return Sweep(doc["name"], file, cells, profile, scale, doc, partial=bool(keep))
+    scale = prof_overlay.get("scale", profile) if profile else "full"
+    # A run with --set or --only adds its cells to the sweep's stored list instead of replacing it: after
+    # `--set seeds=[4,5]` the seed 0-3 cells stay listed (ls, export, report), and cells whose options were
+    # overridden show as variants (ft[lr=1e+09]) beside the file's own.  Only a plain run of the file redefines it.
+    sets = tuple(sets)
+    return Sweep(doc["name"], file, cells, profile, scale, doc, partial=bool(keep) or bool(sets), overrides=sets)
 
 
 def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
@@ -161,7 +162,9 @@ def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
     if not path.exists():
         known = [p.stem for p in base.glob("*.yaml")] if base.exists() else []
         raise ConfigError("profile", f"unknown profile {name!r} (looked in {base}); {closest(name, known)}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text(), str(path)) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("", "a profile must be a mapping of overlays (dataset, model, recipe, ...)", str(path))
     try:
         _check_overlay(data, "profile")
     except ConfigError as err:
@@ -173,26 +176,46 @@ def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
 # --set
 # ----------------------------------------------------------------------------------------------------------
 def _apply_set(doc: dict, overlay: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-    key, _, text = item.partition("=")
+    """``KEY=VALUE`` into the document (top-level keys) or the ``--set`` overlay (component options).  A number
+    in the key indexes a list (``grid.defense.1.epochs=3``); a name there becomes ``{name: ...}`` first."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", f"expected KEY=VALUE such as defense.ft.epochs=3, got {item!r}")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text)
+    except ConfigError:
         value = text
     parts = key.strip().split(".")
     if parts[0] in COMPONENTS:
-        target = overlay
+        target: Any = overlay
     elif parts[0] in TOP_KEYS:
         target = doc
     else:
         raise ConfigError(f"--set {key}", f"unknown key; {closest(parts[0], TOP_KEYS + COMPONENTS)}")
-    for part in parts[:-1]:
-        nxt = target.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {key}", f"{part!r} is not a mapping in the sweep")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[:i])
+        if isinstance(target, list):
+            if not part.isdigit() or int(part) >= len(target):
+                raise ConfigError(f"--set {key}", f"{where!r} is a list of {len(target)}; index it with "
+                                                  f"0..{len(target) - 1} or replace it whole: {where}=[...]")
+            if last:
+                target[int(part)] = value
+                return
+            if isinstance(target[int(part)], str) and parts[i - 1] in COMPONENTS:
+                target[int(part)] = {"name": target[int(part)]}
+            nxt = target[int(part)]
+        elif isinstance(target, dict):
+            if last:
+                target[part] = value
+                return
+            nxt = target.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}", f"{where!r} is {target!r}, not a mapping or a list")
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"--set {key}", f"{'.'.join(parts[:i + 1])!r} is {nxt!r}, not a mapping or a list; "
+                                              f"set it whole: {'.'.join(parts[:i + 1])}=...")
         target = nxt
-    target[parts[-1]] = value
 
 
 def _check_overlay(overlay: Mapping[str, Any], where: str) -> None:
@@ -323,8 +346,8 @@ def _only_matcher(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError("--only", f"expected KEY=VALUE such as dataset=cifar10, got {item!r}")
         try:
-            matcher[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            matcher[key.strip()] = load_yaml(value)
+        except ConfigError:
             raise ConfigError(f"--only {key}", f"not a YAML value: {value!r}") from None
     if matcher:
         _check_matcher(matcher, "--only")
@@ -421,7 +444,7 @@ def resolve_cell(raw: Mapping[str, Any], seed: int, profile: Mapping, sets: Mapp
         clean_ratio=_ratio(raw["clean_ratio"], paths.get("clean_ratio", "clean_ratio")),
         clean_stratified=coerce(raw["clean_stratified"], bool, paths.get("clean_stratified", "clean_stratified")),
         seed=seed, curves=curves, profile=profile_name,
-        scale=(profile or {}).get("scale", "paper") if profile_name else "paper",
+        scale=(profile or {}).get("scale", profile_name) if profile_name else "full",
     )
 
 

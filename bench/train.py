@@ -94,6 +94,18 @@ def weighted_ce(sample_weight: torch.Tensor | None) -> LossFn:
     return loss_fn
 
 
+class Diverged(FloatingPointError):
+    """Training produced a non-finite loss or weight: the job fails with this one-line message."""
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Raise :class:`Diverged` when any parameter or float buffer of ``model`` is NaN or infinite."""
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+    if bad:
+        raise Diverged(f"{what}: the model has {bad:,} non-finite weights (NaN or inf); training diverged "
+                       "(lower the learning rate)")
+
+
 def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.device | None = None, seed: int = 0,
         loss_fn: Optional[LossFn] = None, sample_weight: torch.Tensor | None = None,
         on_epoch: Optional[Callable[[int, nn.Module], None]] = None,
@@ -118,6 +130,7 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
     channels_last = device.type == "cuda" and recipe.channels_last
     for epoch in range(recipe.epochs):
         model.train()
+        finite = torch.ones((), dtype=torch.bool, device=device)    # checked once per epoch: no per-batch sync
         for idx in batch_indices(len(data), recipe.batch_size, gen, device, drop_last=recipe.drop_last):
             x = augment(data.images[idx], recipe.augment, gen_for_device(gen, device), recipe.crop_padding,
                         params=recipe.augment_params or None)
@@ -125,9 +138,15 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, recipe.amp):
                 loss = loss_fn(model, x, data.labels[idx], idx)
+            finite &= torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if not bool(finite):
+            raise Diverged(f"the training loss became non-finite (NaN or inf) in epoch {epoch + 1} of "
+                           f"{recipe.epochs} at learning rate {opt.param_groups[0]['lr']:g}; training diverged "
+                           "(lower the learning rate)")
+        check_finite(model, f"after epoch {epoch + 1} of {recipe.epochs}")
         if sched is not None:
             sched.step()
         if on_epoch is not None:

@@ -1,6 +1,8 @@
 """The ``bench`` command line: a thin click group; each command is a docstring plus a library call.
 
-Commands import torch inside their bodies so that ``bench --help`` is instant.
+Commands import torch inside their bodies so that ``bench --help`` is instant.  Every error a user can cause
+(a bad option, sweep key, database URL, workspace, data root) prints one line and exits with code 2
+(:class:`BenchGroup`); click's own three-line Usage/Try/Error form is not used.
 """
 from __future__ import annotations
 
@@ -27,7 +29,43 @@ from bench.cli.options import (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class BenchGroup(click.Group):
+    """A click group whose user errors are one line: ``Error: bench sweep: <what is wrong>``, exit code 2.
+
+    Handled here, for every command: click's usage errors, :class:`~bench.config.ConfigError` (bad sweep,
+    spec or value) and database errors (:func:`bench.cli.options.storage_for` turns the ones it can foresee
+    into usage errors naming ``--db`` or ``--workspace``; this catches the rest, e.g. a write refused later).
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from sqlalchemy.exc import DBAPIError
+
+        from bench.config import ConfigError
+
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as err:
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as err:
+            command = err.ctx.command_path if getattr(err, "ctx", None) else "bench"
+            _one_line(f"{command}: {err.format_message()}", err.exit_code)
+        except ConfigError as err:
+            _one_line(str(err), 2)
+        except DBAPIError as err:
+            _one_line(f"database: {type(err.orig).__name__}: {err.orig}", 2)
+
+
+def _one_line(message: str, code: int) -> None:
+    click.echo("Error: " + " ".join(str(message).split()), err=True)
+    sys.exit(code)
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="bdbench")
 def main() -> None:
     """bdbench: run grids of backdoor attacks x defenses, store every result in SQL, report paper tables."""
@@ -71,7 +109,7 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
     """
     sw, graph = _load(file, sets, profile, only)
     if dry_run:
-        _dry_run(sw, graph, workspace, db_url)
+        _dry_run(sw, graph, workspace, db_url, data_root)
         return
     if launcher == "slurm":
         from bench.launch.slurm import SlurmOptions
@@ -88,22 +126,54 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
     from bench.results import cells_frame, summary_table
     from bench.runner import RunOptions, install_sigterm, run_sweep
 
+    if workers is not None and workers < 0:
+        raise click.BadParameter(f"{workers}: expected 0 (in this process) or more", param_hint="'--workers'")
+    _check_device(device)
     storage = storage_for(workspace, db_url)
+    _preflight(sw, graph, storage.job_states(graph.jobs), data_root)
     install_sigterm()
     opts = RunOptions(workers=workers, device=device, retry_failed=retry_failed, data_root=data_root,
                       progress=progress, grace_s=grace_s)
-    click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {len(graph.jobs)} jobs "
-               f"(scale: {sw.scale}{', profile ' + sw.profile if sw.profile else ''})")
+    click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {len(graph.jobs)} jobs (scale: {sw.scale})")
+    if sw.overrides:
+        click.echo(f"overrides: {' '.join('--set ' + s for s in sw.overrides)}; these cells are added to sweep "
+                   f"'{sw.name}' beside its earlier ones (variants show their options)")
     summary = run_sweep(sw, storage, artifacts_root(workspace), opts)
     table = summary_table(cells_frame(storage, sw.name))
     if not table.empty:
+        click.echo("BA = clean accuracy, ASR = attack success rate, RA = robust accuracy (triggered images "
+                   "classified as their true label); mean ± std over seeds, in percent")
         click.echo(table.to_string(index=False))
     click.echo(f"{summary.ran} jobs ran, {summary.cached} cached, {len(summary.failed)} failed, "
                f"{summary.blocked} skipped (ancestor failed)")
     for f in summary.failed:
-        click.echo(f"  failed: {f['stage']} {f['plugin']} {f['key'][:12]}  {f['error']}  "
-                   f"(bench show {f['key'][:12]})")
+        error = "" if f.get("shown") else f"  {f['error']}"
+        click.echo(f"  failed: {f['stage']} {f['plugin']} {f['key'][:12]}{error}  (bench show {f['key'][:12]})")
     sys.exit(0 if summary.ok else 1)
+
+
+def _check_device(device: str) -> None:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise click.BadParameter(f"{device!r}; valid: auto, cpu, cuda, cuda:N", param_hint="'--device'")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{device!r}: no CUDA device is visible here; use --device cpu or auto",
+                                     param_hint="'--device'")
+
+
+def _preflight(sw, graph, states, data_root) -> None:
+    """The data-dependent checks (dataset present, targets in range), before anything is written."""
+    from bench.cli.preflight import check_data
+    from bench.config import ConfigError
+
+    try:
+        check_data(sw.cells, states, graph, data_root)
+    except ConfigError as err:
+        raise err.with_file(sw.file) from None
 
 
 def _key_value(text: str, hint: str) -> tuple[str, str]:
@@ -191,14 +261,29 @@ def worker(ctx, workspace, db_url, data_root, sweep_name, max_jobs, until_empty,
     ctx.exit(1 if report.failed else 0)
 
 
-def _dry_run(sw, graph, workspace: Path, db_url: str | None) -> None:
-    states = {}
+def _dry_run(sw, graph, workspace: Path, db_url: str | None, data_root) -> None:
+    """Jobs per stage: cached, failed earlier (run only with --retry-failed), to run; every cached job's
+    artifacts are verified against their sha256, and a missing or corrupt one is named."""
+    from bench.cli.preflight import broken_artifacts
+
+    states, broken = {}, []
     if db_url or (workspace / "bench.db").exists():
-        states = storage_for(workspace, db_url, create=False).job_states(graph.jobs)
+        storage = storage_for(workspace, db_url, create=False)
+        states = storage.job_states(graph.jobs)
+        broken = broken_artifacts(storage, artifacts_root(workspace),
+                                  [k for k, st in states.items() if st.state == "done"])
+    _preflight(sw, graph, states, data_root)
     click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells (scale: {sw.scale})")
     for stage, jobs in graph.by_stage().items():
-        cached = sum(1 for j in jobs if j.key in states and states[j.key].state == "done")
-        click.echo(f"  {stage:<9} {len(jobs):>6} jobs  {cached:>6} cached  {len(jobs) - cached:>6} to run")
+        done = sum(1 for j in jobs if j.key in states and states[j.key].state == "done" and j.key not in broken)
+        failed = sum(1 for j in jobs if j.key in states and states[j.key].state == "failed")
+        click.echo(f"  {stage:<9} {len(jobs):>6} jobs  {done:>6} cached  {failed:>6} failed  "
+                   f"{len(jobs) - done - failed:>6} to run")
+    if any(st.state == "failed" for st in states.values()):
+        click.echo("failed jobs run again only with --retry-failed")
+    for k in broken:
+        click.echo(f"{graph.jobs[k].stage} job {k[:12]}: stored artifact missing or corrupt; it runs again "
+                   "when a job needs it")
 
 
 @main.command(name="ls")
@@ -250,32 +335,60 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
-@main.command()
+EXPORT_NOTE = ("rates (ba, asr, ra, precisions, recalls, auroc) are fractions in [0, 1], not percent, rounded to 6 "
+               "decimals; <metric>_n is the count behind each rate; <stage>_s are wall seconds")
+
+
+@main.command(epilog=EXPORT_NOTE[0].upper() + EXPORT_NOTE[1:] + ".")
 @sweep_name_option
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
+              help="parquet needs pyarrow (pip install -e '.[parquet]').")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file (default: stdout; parquet needs one).")
 @workspace_option
 @db_option
 def export(sweep_name, fmt, out, workspace, db_url):
-    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config)."""
+    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config).
+
+    BA: accuracy on the clean test set. ASR: attack success rate, the share of triggered non-target test images
+    classified as the target. RA: robust accuracy, the share of those triggered images classified as their
+    true label. The config column is the cell's resolved configuration (a JSON object in --format json).
+    """
+    import importlib.util
+
     from bench.results import cells_frame
 
+    if fmt == "parquet":
+        if not out:
+            raise click.BadParameter("parquet needs --out FILE", param_hint="'--out'")
+        if importlib.util.find_spec("pyarrow") is None:
+            raise click.BadParameter("parquet needs pyarrow: pip install -e '.[parquet]' (or use csv or json)",
+                                     param_hint="'--format'")
+    if out and not Path(out).resolve().parent.is_dir():
+        raise click.BadParameter(f"{out}: its folder does not exist", param_hint="'--out'")
     storage = storage_for(workspace, db_url, create=False)
     if sweep_name and sweep_name not in storage.sweep_names():
         from bench.config import closest
         raise click.BadParameter(f"no sweep {sweep_name!r}; {closest(sweep_name, storage.sweep_names())}",
                                  param_hint="'--sweep'")
-    frame = cells_frame(storage, sweep_name)
+    frame = _rounded(cells_frame(storage, sweep_name))
+    click.echo(f"bench export: {EXPORT_NOTE}", err=True)
     if fmt == "parquet":
-        if not out:
-            raise click.BadParameter("parquet needs --out FILE", param_hint="'--out'")
         frame.to_parquet(out, index=False)
     elif fmt == "json":
-        text = frame.to_json(orient="records", indent=1)
+        if "config" in frame:
+            frame["config"] = frame["config"].map(json.loads)      # an object, not an escaped string
+        text = frame.to_json(orient="records", indent=1, double_precision=10)
         Path(out).write_text(text) if out else click.echo(text)
     else:
         text = frame.to_csv(index=False)
         Path(out).write_text(text) if out else click.echo(text, nl=False)
+
+
+def _rounded(frame):
+    """Float noise off: rates (float32 ratios such as 0.9972222447) to 6 decimals, seconds to 3."""
+    for col in frame.select_dtypes("float").columns:
+        frame[col] = frame[col].round(3 if col.endswith("_s") else 6)
+    return frame
 
 
 @main.command()

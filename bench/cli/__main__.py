@@ -1,3 +1,3 @@
 from bench.cli import main
 
-main()
+main(prog_name="bench")

@@ -14,7 +14,7 @@ db_option = click.option(
     "--db", "db_url", envvar="BENCH_DB", default=None,
     help="SQLAlchemy URL of the results database (env BENCH_DB); default: sqlite in the workspace.")
 data_root_option = click.option(
-    "--data-root", type=click.Path(file_okay=False), envvar="BENCH_DATA_ROOT", default=None,
+    "--data-root", type=click.Path(exists=True), envvar="BENCH_DATA_ROOT", default=None,
     help="Where datasets live: torchvision layout, ImageFolder trees or .tar.xz archives (env BENCH_DATA_ROOT).")
 set_option = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -28,14 +28,50 @@ sweep_name_option = click.option("--sweep", "sweep_name", default=None, help="On
 
 
 def storage_for(workspace: Path, db_url: str | None, create: bool = True):
-    """Open the database (the schema check runs here) -- after all input was validated."""
-    from bench.db.storage import Storage, default_url
+    """Open the database (the schema check runs here) -- after all input was validated.
+
+    With ``create`` (a command that writes) the database must also accept a write.  Every way this can fail
+    (a malformed URL, a server that does not answer, a read-only file or folder, another schema) is a one-line
+    usage error naming --db or --workspace.
+    """
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from bench.db.storage import SchemaMismatch, Storage, default_url
 
     if db_url is None:
+        if workspace.exists() and not workspace.is_dir():
+            raise click.BadParameter(f"{workspace} is a file, not a folder", param_hint="'--workspace'")
         if not create and not (workspace / "bench.db").exists():
-            raise click.ClickException(f"no database in {workspace} (run 'bench sweep' first, or pass --db)")
-        workspace.mkdir(parents=True, exist_ok=True)
-    return Storage(db_url or default_url(workspace), create=create)
+            raise click.BadParameter(f"no database in {workspace} (run 'bench sweep' first, or pass --db)",
+                                     param_hint="'--workspace'")
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise click.BadParameter(f"{workspace}: cannot create it ({err.strerror})",
+                                     param_hint="'--workspace'") from None
+    url = db_url or default_url(workspace)
+    hint = "'--db'" if db_url else "'--workspace'"
+    try:
+        storage = Storage(url, create=create)
+        if create:
+            storage.check_writable()
+        return storage
+    except SchemaMismatch as err:
+        raise click.BadParameter(str(err), param_hint=hint) from None
+    except ArgumentError as err:
+        raise click.BadParameter(f"{db_url!r} is not a database URL ({err}); expected e.g. "
+                                 "sqlite:///path/bench.db or postgresql+psycopg://user@host/db", param_hint=hint) from None
+    except DBAPIError as err:
+        raise click.BadParameter(f"{_shown(url)}: {type(err.orig).__name__}: {err.orig}", param_hint=hint) from None
+    except ImportError as err:
+        raise click.BadParameter(f"{_shown(url)}: its driver is not installed ({err}); for PostgreSQL: "
+                                 "pip install -e '.[postgres]'", param_hint=hint) from None
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def artifacts_root(workspace: Path) -> Path:

@@ -31,8 +31,8 @@ def _figures(ctx, param, values) -> list[tuple[str, str]]:
 
 
 def _scalar(text: str):
-    import yaml
-    return yaml.safe_load(text)
+    from bench.config import load_yaml
+    return load_yaml(text)
 
 
 def _sweep_frame(storage, sweep: str):

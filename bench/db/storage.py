@@ -154,6 +154,12 @@ class Storage:
                     key = parents.get(key)
             _insert_rows(s, SweepJobRow, [dict(sweep_id=i, job_key=k) for i, k in sorted(rows)])
 
+    def check_writable(self) -> None:
+        """A write that changes nothing (the schema version onto itself): fails now, before a sweep writes
+        anything, when the database or its folder is read-only."""
+        with self.session_scope() as s:
+            s.execute(update(Meta).where(Meta.key == "schema_version").values(value=Meta.value))
+
     # -- the database server's clock -----------------------------------------------------------------------
     def _now(self, s: Session) -> datetime:
         """Now, in UTC, by the database server's clock (PostgreSQL); this machine's clock for a SQLite file."""

@@ -50,16 +50,16 @@ def test_sweep_dry_run_ls_show_export(tmp_path, workspace):
     assert run.exit_code == 0, run.output
     assert "6 jobs ran, 0 cached, 0 failed" in run.output and "BA" in run.output
     dry2 = runner.invoke(main, ["sweep", path, "--dry-run"])
-    assert "1 jobs       1 cached       0 to run" in dry2.output
+    assert "1 jobs       1 cached       0 failed       0 to run" in dry2.output
     ls = runner.invoke(main, ["ls"])
     assert ls.exit_code == 0 and "tiny" in ls.output and "2/2" in ls.output
     exported = runner.invoke(main, ["export", "--sweep", "tiny", "--format", "json"])
-    rows = json.loads(exported.output)
+    rows = json.loads(exported.stdout)
     assert len(rows) == 2 and {"ba", "asr", "ra", "asr_n", "train_s", "config"} <= set(rows[0])
     show = runner.invoke(main, ["show", rows[0]["key"][:10]])
     assert show.exit_code == 0 and "evaluate job" in show.output and "asr" in show.output
     csv = runner.invoke(main, ["export", "--format", "csv"])
-    assert csv.output.splitlines()[0].startswith("sweep,cell,scale")
+    assert csv.stdout.splitlines()[0].startswith("sweep,cell,scale")
     bad = runner.invoke(main, ["export", "--sweep", "tinyy"])
     assert bad.exit_code == 2 and "did you mean 'tiny'" in bad.output
 
@@ -97,7 +97,7 @@ def test_running_a_table_block_by_block_builds_the_whole_table(tmp_path, workspa
 
     def exported():
         out = CliRunner().invoke(main, ["export", "--format", "json"])
-        return sorted((r["defense"], r["state"]) for r in json.loads(out.output))
+        return sorted((r["defense"], r["state"]) for r in json.loads(out.stdout))
 
     first = CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress", "--only", "defense.name=none"])
     assert first.exit_code == 0, first.output

@@ -191,5 +191,5 @@ def test_every_shipped_sweep_file_resolves_at_paper_and_mini_scale(path):
     paper = load_sweep(path)
     mini = load_sweep(path, profile="mini")
     assert paper.name == path.stem and paper.cells and len(mini.cells) == len(paper.cells)
-    assert mini.scale == "mini" and paper.scale == "paper"
+    assert mini.scale == "mini" and paper.scale == "full"
     assert build_graph(mini.cells).jobs
