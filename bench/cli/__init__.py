@@ -129,8 +129,10 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
     if workers is not None and workers < 0:
         raise click.BadParameter(f"{workers}: expected 0 (in this process) or more", param_hint="'--workers'")
     _check_device(device)
-    storage = storage_for(workspace, db_url)
-    _preflight(sw, graph, storage.job_states(graph.jobs), data_root)
+    # the data checks read which jobs are done; a new workspace gets its database only once they passed
+    storage = storage_for(workspace, db_url) if db_url or (workspace / "bench.db").exists() else None
+    _preflight(sw, graph, storage.job_states(graph.jobs) if storage else {}, data_root)
+    storage = storage or storage_for(workspace, db_url)
     install_sigterm()
     opts = RunOptions(workers=workers, device=device, retry_failed=retry_failed, data_root=data_root,
                       progress=progress, grace_s=grace_s)

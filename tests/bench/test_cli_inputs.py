@@ -78,7 +78,7 @@ def test_a_yaml_syntax_error_names_the_line_and_column(tmp_path, workspace):
 def test_set_indexes_a_list_and_names_its_length(tmp_path, workspace):
     path = write(tmp_path, tiny_sweep())
     one_line_error(CliRunner().invoke(main, ["sweep", path, "--set", "grid.attack.0.bogus=1"]),
-                   "grid.attack[0].bogus: unknown key", "did you mean")
+                   "grid.attack[0].bogus: unknown key", "valid: label_mode")
     one_line_error(CliRunner().invoke(main, ["sweep", path, "--set", "grid.defense.7.epochs=1"]),
                    "'grid.defense' is a list of 2; index it with 0..1")
     ok = load_sweep(path, sets=["grid.defense.1.epochs=3"])
