@@ -86,21 +86,23 @@ def code_version() -> tuple[str | None, bool | None]:
 
 
 def device_slots(opts: RunOptions) -> list[tuple[str, str, int]]:
-    """(slot name, device, threads) per worker."""
+    """(slot name, device, threads) per worker.
+
+    CPU: one single-threaded worker per usable core (``--workers N``: N of them).  Jobs run side by side instead
+    of splitting each small operation over threads, and a job's result does not depend on the core count (see
+    :func:`bench.train.cpu_threads`).  GPU: one worker per device, the cores split between them.
+    """
     import torch
 
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     use_cuda = opts.device.startswith("cuda") or (opts.device == "auto" and torch.cuda.is_available())
     if use_cuda:
         n = torch.cuda.device_count()
         count = n if opts.workers is None else min(max(opts.workers, 1), n)
         threads = max(1, cores // max(count, 1))
         return [(f"gpu{i}", f"cuda:{i}", threads) for i in range(count)]
-    count = 1 if opts.workers is None else max(opts.workers, 0)
-    if count == 0:
-        return []
-    threads = max(1, cores // count)
-    return [(f"cpu{i}", "cpu", threads) for i in range(count)]
+    count = cores if opts.workers is None else max(opts.workers, 0)
+    return [(f"cpu{i}", "cpu", 1) for i in range(count)]
 
 
 class Scheduler:
@@ -143,6 +145,7 @@ class Scheduler:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> Summary:
+        import torch
         from tqdm import tqdm
 
         keys = list(self.graph.jobs)
@@ -214,8 +217,11 @@ class Scheduler:
                     if pool:
                         pool.submit(slot, task)
                     else:
+                        from bench.train import cpu_threads
                         from bench.worker import execute
-                        self._record(execute(inline, task, "inline"), mine, done, failed, summary, bar)
+                        with cpu_threads(1 if inline.device.type == "cpu" else torch.get_num_threads()):
+                            msg = execute(inline, task, "inline")
+                        self._record(msg, mine, done, failed, summary, bar)
                     progressed = True
                 if pool and mine:
                     try:

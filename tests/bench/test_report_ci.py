@@ -1,9 +1,10 @@
 """The CI regression check: run sweeps/ci_digits.yaml (BadNets x none/FT on digits, two seeds) into a fresh
 workspace and compare it with the committed baseline reports/baselines/ci_digits.csv through `bench check`.
 
-The sweep is seeded end to end; two runs on one machine give bit-identical metrics, and the tolerances (BA 1,
-ASR 3 points, widened to 2x the seed spread; one digits test image is 0.28 points) absorb the small float
-differences another CPU may bring. About 25 s on 2 idle CPU cores.
+The sweep is seeded end to end and every job runs with one CPU thread (bench.train.cpu_threads), so the thread
+count, the worker layout and the tests that ran before do not change a metric.  Another CPU's kernels still
+can (AVX-512 vs AVX2 sums round differently); the sweep is set where that moves FT's metrics by at most 2.2
+points (see sweeps/ci_digits.yaml) and the tolerances (BA 2, ASR 5, RA 5 points) cover it.  About 12 s of CPU.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from bench.cli import main
@@ -23,15 +23,8 @@ BASELINE = ROOT / "reports" / "baselines" / "ci_digits.csv"
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    # CPU float reductions depend on the thread count, and other test modules set it (1 or 2) at import: pin
-    # the count the baseline was made with, so the check sees the same arithmetic whatever ran before.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ws = tmp_path_factory.mktemp("ci") / "ws"
-        result = CliRunner().invoke(main, ["sweep", str(SWEEP), "--workspace", str(ws), "--workers", "0"])
-    finally:
-        torch.set_num_threads(threads)
+    ws = tmp_path_factory.mktemp("ci") / "ws"
+    result = CliRunner().invoke(main, ["sweep", str(SWEEP), "--workspace", str(ws), "--workers", "0"])
     assert result.exit_code == 0, result.output
     return ws
 
@@ -45,7 +38,7 @@ def test_the_committed_baseline_covers_the_sweep():
     base = pd.read_csv(BASELINE)
     assert len(base) == 12                                      # 4 cells (none/ft x 2 seeds) x BA, ASR, RA
     assert set(base["metric"]) == {"ba", "asr", "ra"} and set(base["defense"]) == {"none", "ft"}
-    assert (base["tolerance"] >= base["metric"].map({"ba": 0.01, "asr": 0.03, "ra": 0.03})).all()
+    assert (base["tolerance"] >= base["metric"].map({"ba": 0.02, "asr": 0.05, "ra": 0.05})).all()
     before = base[(base["defense"] == "none") & (base["metric"] == "asr")]["value"]
     after = base[(base["defense"] == "ft") & (base["metric"] == "asr")]["value"]
     assert before.min() > 0.95 and after.max() < 0.1            # a working backdoor that FT removes
