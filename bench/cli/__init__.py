@@ -94,7 +94,8 @@ def _load(file: str, sets, profile, only=()):
 @data_root_option
 @click.option("--dry-run", is_flag=True, help="Print the jobs per stage and how many are cached; run nothing.")
 @click.option("--workers", type=int, default=None,
-              help="Worker processes: default one per GPU, else 1 on CPU; 0 runs jobs in this process.")
+              help="Worker processes: default one per GPU, else one single-threaded worker per CPU core; 0 runs "
+                   "jobs in this process (also single-threaded on CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--retry-failed", is_flag=True, help="Run jobs that failed in an earlier run again.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
