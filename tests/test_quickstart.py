@@ -1,4 +1,4 @@
-"""The README's main job, as a user runs it: the quickstart sweep end to end (about half a minute on 2 cores)."""
+"""The README's main job, as a user runs it: the quickstart sweep end to end (about 1 min of CPU)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +18,7 @@ def test_quickstart_plants_the_backdoor_and_keeps_accuracy(workspace):
     result = bench("sweep", "sweeps/quickstart.yaml", "--no-progress")       # one worker process, as a user
     assert result.returncode == 0, result.stdout + result.stderr
     assert "24 jobs ran, 0 cached, 0 failed" in result.stdout
+    assert "(scale: full)" in result.stdout and "BA = clean accuracy" in result.stdout
     rows = json.loads(bench("export", "--sweep", "quickstart", "--format", "json").stdout)
     before = {(r["attack"], r["seed"]): r for r in rows if r["defense"] == "none"}
     for seed in (0, 1):
