@@ -157,7 +157,7 @@ class Scheduler:
         failed: set[str] = set()
         blocked: set[str] = set()
         mine: dict[str, tuple[int, str, float]] = {}       # key -> (attempt, slot, start)
-        slots = device_slots(self.opts)
+        slots = device_slots(self.opts) if len(done) < len(keys) else []     # nothing to run: no processes
         pool = WorkerPool(slots, self.store_root, self.opts.data_root) if slots else None
         inline = None
         if pool is None:
