@@ -1,4 +1,4 @@
-"""``bench report``, ``bench baseline`` and ``bench check``: each a docstring plus calls into bench.report."""
+"""``bench report``, ``bench baseline`` and ``bench check``: each a docstring plus calls into bench.reports."""
 from __future__ import annotations
 
 import sys
@@ -73,7 +73,7 @@ def report(target, spec, sweep_name, formats, out, figures, reference, curve_met
     SWEEP_OR_SPEC is a sweep name (its spec: --spec, else reports/specs/SWEEP.yaml or the spec naming the
     sweep, else one group per defense) or a table spec (its sweep: --sweep, else the spec's 'sweep:').
     """
-    from bench import report as rp
+    from bench import reports as rp
 
     storage = storage_for(workspace, db_url, create=False)
     try:
@@ -168,7 +168,7 @@ def baseline():
 @db_option
 def baseline_save(name, sweep_name, out, workspace, db_url):
     """Store per cell (evaluate key) and metric the value and a tolerance (per-metric default, seed spread)."""
-    from bench import report as rp
+    from bench import reports as rp
     from bench.db.baselines import save_baseline
 
     storage = storage_for(workspace, db_url, create=False)
@@ -226,7 +226,7 @@ def _stored_baseline(storage, name: str):
         labels = cells_frame(storage, info["sweep"])
         cols = ["key", "dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed"]
         frame = frame.merge(labels[[c for c in cols if c in labels]].drop_duplicates("key"), on="key", how="left")
-    from bench.report import better_of
+    from bench.reports import better_of
     return frame.assign(better=frame["metric"].map(better_of))
 
 
@@ -257,7 +257,7 @@ def check(sweep_arg, sweep_name, against, verbose, workspace, db_url):
     """
     import pandas as pd
 
-    from bench import report as rp
+    from bench import reports as rp
 
     sweep_name = sweep_name or sweep_arg
     if not sweep_name:

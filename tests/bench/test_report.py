@@ -1,4 +1,4 @@
-"""bench.report: marks per metric direction, mean ± std with n, missing cells, escaping, paper references,
+"""bench.reports: marks per metric direction, mean ± std with n, missing cells, escaping, paper references,
 regression verdicts and figures -- on hand-made cells frames (no database, no training)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from bench import report as rp
+from bench import reports as rp
 
 
 def cells(rows):

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench import report as rp
+from bench import reports as rp
 from bench.registry import REGISTRIES
 
 SWEEPS = {"mcl_table1": "table1", "mcl_table2": "mcl_table2", "mcl_table3": "mcl_table3",
