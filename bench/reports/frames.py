@@ -18,7 +18,10 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
     from kept precision, |kept| and |flagged|, with n_poison = the count stored with flag_recall (else
     flag_precision * |flagged| / flag_recall, undefined when nothing poisoned was flagged). Without a defense
     (``defense == 'none'``) every image is kept: both are 1 (seed 002 Table 3's baseline row: 100 / 100).
+    Then the model's own before-numbers, the Δ from them and the validity gate (:func:`gate.with_before`).
     """
+    from bench.reports.gate import with_before
+
     frame = frame.copy()
     if "flag_recall" in frame:
         frame["poison_kept"] = 1 - frame["flag_recall"]
@@ -33,7 +36,7 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
         none = frame["defense"] == "none"
         for col in ("poison_kept", "clean_kept"):
             frame[col] = frame[col].where(~none, 1.0) if col in frame else none.map({True: 1.0, False: math.nan})
-    return frame
+    return with_before(frame)
 
 
 def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:
@@ -73,7 +76,6 @@ def _column(frame: pd.DataFrame, col: str) -> pd.Series:
             return cur
         return frame["config"].map(get)
     raise SpecError(f"{col}: no such column; valid: {', '.join(map(str, frame.columns))}")
-
 
 
 def _display(column: str, value: Any) -> str:

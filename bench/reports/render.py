@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.reports.frames import _display
-from bench.reports.specs import MISSING, MISSING_NOTE, TEMPLATES_DIR
+from bench.reports.specs import GATED_NOTE, MISSING, MISSING_NOTE, TEMPLATES_DIR
 from bench.reports.tables import Table, cell_parts
 
 
@@ -30,6 +30,8 @@ def _view(table: Table) -> dict[str, Any]:
         notes.append(f"mean ± std over seeds (n = {table.common_n} per cell; (n=k) marks a cell with another count).")
     if table.missing:
         notes.append(MISSING_NOTE)
+    if table.gated:
+        notes.append(GATED_NOTE)
     notes.extend(spec.notes)
     directions = ", ".join(f"{m.label or m.name} {'↑' if m.better == 'higher' else '↓'}"
                            for m in spec.metrics if m.better != "none")
@@ -40,7 +42,6 @@ def _view(table: Table) -> dict[str, Any]:
             "rows": rows, "notes": notes, "provenance": table.provenance}
 
 
-
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_ESCAPES))
@@ -49,7 +50,7 @@ _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_ESCAPES))
 def latex_escape(value: Any) -> str:
     """Escape LaTeX's special characters (\\ & % $ # _ { } ~ ^) so a label prints as written."""
     text = _LATEX_RE.sub(lambda m: _LATEX_ESCAPES[m.group(0)], str(value))
-    return text.replace("±", r"$\pm$").replace("—", "---").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("†", r"\dag{}")
+    return text.replace("±", r"$\pm$").replace("—", "---").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("†", r"\dag{}").replace("‡", r"\ddag{}")
 
 
 def _html_env():
@@ -82,7 +83,6 @@ def render_html(table: Table, comparison: pd.DataFrame | None = None, figures: S
 def render_latex(table: Table) -> str:
     """A booktabs ``table`` environment (needs \\usepackage{booktabs})."""
     return _latex_env().get_template("table.tex.j2").render(t=_view(table))
-
 
 
 def _comparison_view(comp: pd.DataFrame) -> list[dict[str, str]]:

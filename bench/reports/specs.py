@@ -15,6 +15,9 @@ TEMPLATES_DIR = REPORTS / "templates"
 REFERENCE_DIR = REPORTS / "reference"
 MISSING = "—"
 MISSING_NOTE = "† — : no finished run for this cell (not in the sweep, failed, or still pending)."
+GATED_MARK = "‡"
+GATED_NOTE = ("‡ attack did not take: the backdoored model's ASR before any defense is below 90 % (or its BA "
+              "below 30 %); shown, never ranked.")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,21 @@ METRIC_DEFAULTS = {
 _SPEC_KEYS = set(TableSpec.__dataclass_fields__) | {"paper"}
 
 
+def read_yaml(path: Path) -> Any:
+    """The one YAML reader of reports (specs, claims). A syntax error names the file, line and column.
+
+    TODO(integrator): switch to ``bench.config.load_yaml`` (YAML 1.2 floats such as 1e-4) once issue 16 lands.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError(f"{where}: YAML syntax error ({getattr(err, 'problem', None) or err})") from None
+
+
 class SpecError(ValueError):
     """A table spec that cannot be used (the message names the file, the key and what would be valid)."""
 
@@ -78,8 +96,6 @@ def load_spec(name_or_path: str | Path) -> TableSpec:
     Raises:
         SpecError: unknown spec name or key, or a malformed entry.
     """
-    import yaml
-
     from bench.config import closest
 
     path = Path(name_or_path)
@@ -87,7 +103,7 @@ def load_spec(name_or_path: str | Path) -> TableSpec:
         path = SPECS_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         raise SpecError(f"{name_or_path}: no such table spec; {closest(str(name_or_path), spec_names())}")
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = read_yaml(path)
     return spec_from_dict(doc, str(path))
 
 
@@ -135,7 +151,6 @@ def spec_for_sweep(sweep: str) -> TableSpec | None:
         if spec.sweep == sweep:
             return spec
     return None
-
 
 
 def load_reference(name_or_path: str | Path) -> pd.DataFrame:

@@ -3,14 +3,16 @@ best / second-best marks in each metric's direction, and the tidy per-cell table
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import pandas as pd
 
 from bench.reports.frames import _apply_variants, _column, _display, add_derived, apply_filters
-from bench.reports.specs import MISSING, GroupSpec, MetricSpec, TableSpec, load_reference
+from bench.reports.gate import NOT_TAKEN
+from bench.reports.gate import gated as gated_rows
+from bench.reports.specs import GATED_MARK, MISSING, GroupSpec, MetricSpec, TableSpec, load_reference
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,11 @@ class Table:
     marks: dict[tuple[int, int, str], str]            # "best" | "second"
     provenance: dict[str, Any]
     common_n: int = 1
+    gated: set[tuple[int, int]] = field(default_factory=set)   # (row, group) whose attack did not take
 
     @property
     def missing(self) -> int:
         return sum(v is None for v in self.stats.values())
-
 
 
 def default_spec(frame: pd.DataFrame, name: str) -> TableSpec:
@@ -54,7 +56,6 @@ def default_groups(frame: pd.DataFrame, by: str = "defense") -> tuple[GroupSpec,
                  for v in values)
 
 
-
 def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, Any] | None = None) -> Table:
     """Aggregate a cells frame into ``spec``'s layout: mean/std/n over seeds, best and second-best marks."""
     frame = _apply_variants(apply_filters(add_derived(frame), spec.filters), spec.variants)
@@ -63,12 +64,15 @@ def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, A
         frame.assign(_row=[])
     rows = _ordered_rows(keyed["_row"].tolist() + _reference_rows(spec, frame), spec)
     stats: dict[tuple[int, int, str], Stat | None] = {}
+    gated: set[tuple[int, int]] = set()
     for gi, g in enumerate(groups):
         sub = keyed
         for col, want in g.where.items():
             sub = sub[_column(sub, col) == want]
         by_row = {r: part for r, part in sub.groupby("_row", sort=False)} if len(sub) else {}
         for ri, r in enumerate(rows):
+            if r in by_row and gated_rows(by_row[r]).any():
+                gated.add((ri, gi))
             for m in spec.metrics:
                 part = by_row.get(r)
                 values = part[m.name].dropna() if part is not None and m.name in part else pd.Series([], dtype=float)
@@ -76,7 +80,7 @@ def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, A
     ns = [s.n for s in stats.values() if s is not None]
     prov = dict(provenance) if provenance is not None else provenance_of(frame)
     table = Table(spec, rows, groups, stats, {}, prov,
-                  common_n=max(set(ns), key=ns.count) if ns else 1)
+                  common_n=max(set(ns), key=ns.count) if ns else 1, gated=gated)
     table.marks = rank_marks(table)
     return table
 
@@ -124,7 +128,8 @@ def rank_marks(table: Table) -> dict[tuple[int, int, str], str]:
     """Per row and metric, over the ranked groups: 'best' for the best mean, 'second' for the runner-up.
 
     Means are compared as printed (rounded to the metric's digits), so ties share a mark. No marks with fewer
-    than two candidates; 'second' only with at least three (with two it would just mark the loser).
+    than two candidates; 'second' only with at least three (with two it would just mark the loser). A gated
+    cell (its attack did not take, :mod:`bench.reports.gate`) is never a candidate.
     """
     marks: dict[tuple[int, int, str], str] = {}
     for m in table.spec.metrics:
@@ -133,7 +138,7 @@ def rank_marks(table: Table) -> dict[tuple[int, int, str], str]:
         sign = -1.0 if m.better == "higher" else 1.0
         for ri in range(len(table.rows)):
             cand = {gi: round(s.mean * m.scale, m.digits) for gi, g in enumerate(table.groups)
-                    if g.rank and (s := table.stats[(ri, gi, m.name)]) is not None and not math.isnan(s.mean)}
+                    if g.rank and (ri, gi) not in table.gated and (s := table.stats[(ri, gi, m.name)]) is not None and not math.isnan(s.mean)}
             if len(cand) < 2:
                 continue
             levels = sorted(set(cand.values()), key=lambda v: sign * v)
@@ -145,26 +150,26 @@ def rank_marks(table: Table) -> dict[tuple[int, int, str], str]:
     return marks
 
 
-
 def cell_parts(table: Table, ri: int, gi: int, metric: MetricSpec) -> dict[str, Any]:
-    """Strings for one cell: mean, std (or ''), n (only when it differs from the table's usual n), mark."""
+    """Strings for one cell: mean, std (or ''), n (only when it differs from the table's usual n), mark, and
+    whether its attack did not take (gated)."""
     s = table.stats[(ri, gi, metric.name)]
     if s is None:
-        return {"missing": True, "mean": MISSING, "std": "", "n": "", "mark": ""}
+        return {"missing": True, "mean": MISSING, "std": "", "n": "", "mark": "", "gated": False}
     f = f"{{:.{metric.digits}f}}"
     return {"missing": False, "mean": f.format(s.mean * metric.scale),
             "std": "" if math.isnan(s.std) else f.format(s.std * metric.scale),
-            "n": str(s.n) if s.n != table.common_n else "", "mark": table.marks.get((ri, gi, metric.name), "")}
+            "n": str(s.n) if s.n != table.common_n else "", "mark": table.marks.get((ri, gi, metric.name), ""),
+            "gated": (ri, gi) in table.gated}
 
 
 def cell_text(parts: Mapping[str, Any]) -> str:
     text = parts["mean"] + (f" ± {parts['std']}" if parts["std"] else "")
-    return text + (f" (n={parts['n']})" if parts["n"] else "")
-
+    return text + (f" (n={parts['n']})" if parts["n"] else "") + (f" {GATED_MARK}" if parts["gated"] else "")
 
 
 def table_frame(table: Table) -> pd.DataFrame:
-    """One tidy row per (row, group, metric): mean, std, n, mark and the printed text (percent)."""
+    """One tidy row per (row, group, metric): mean, std, n, mark, gate and the printed text (percent)."""
     out = []
     for ri, key in enumerate(table.rows):
         for gi, g in enumerate(table.groups):
@@ -174,7 +179,8 @@ def table_frame(table: Table) -> pd.DataFrame:
                 out.append({**dict(zip(table.spec.rows, key)), "group": g.label, "metric": m.name,
                             "mean": None if s is None else round(s.mean * m.scale, 6),
                             "std": None if s is None or math.isnan(s.std) else round(s.std * m.scale, 6),
-                            "n": 0 if s is None else s.n, "mark": parts["mark"], "text": cell_text(parts)})
+                            "n": 0 if s is None else s.n, "mark": parts["mark"],
+                            "gate": NOT_TAKEN if parts["gated"] else "", "text": cell_text(parts)})
     return pd.DataFrame(out)
 
 

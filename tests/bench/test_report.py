@@ -32,7 +32,7 @@ def marks(table, metric):
 
 
 def test_bold_best_and_underline_second_follow_each_metrics_direction():
-    frame = cells([("badnets", "none", 0, 0.01, 0.99),          # unranked 'Before' would win both
+    frame = cells([("badnets", "none", 0, 0.95, 0.99),          # unranked 'Before' would win BA
                    ("badnets", "a", 0, 0.10, 0.50), ("badnets", "b", 0, 0.20, 0.90),
                    ("badnets", "c", 0, 0.30, 0.70)])
     table = rp.build_table(frame, SPEC)
