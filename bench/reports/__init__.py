@@ -36,6 +36,7 @@ from bench.reports.regression import (
     better_of,
     cell_verdicts,
     compare,
+    unmatched_cells,
 )
 from bench.reports.render import latex_escape, render_html, render_latex
 from bench.reports.specs import (
@@ -78,5 +79,5 @@ __all__ = [
     "compare", "curves_figure", "default_groups", "default_spec", "latex_escape", "load_reference", "load_spec",
     "method_color", "paper_vs_ours", "provenance_of", "rank_marks", "render_html", "render_latex",
     "score_histogram", "spec_for_sweep", "spec_from_dict", "spec_names", "sweep_curves", "sweep_scores",
-    "table_csv", "table_frame", "tsne_figure",
+    "table_csv", "table_frame", "tsne_figure", "unmatched_cells",
 ]

@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bench.reports.frames import add_derived, apply_filters
+from bench.reports.frames import _column, add_derived, apply_filters
 from bench.reports.gate import gated
 from bench.reports.specs import METRIC_DEFAULTS, REPORTS, SpecError, read_yaml
 
@@ -250,7 +250,9 @@ def evaluate(claims: ClaimsFile | Sequence[Claim], frame: pd.DataFrame, scale: s
 def _verdict(claim: Claim, frame: pd.DataFrame, scale: str) -> Verdict:
     try:
         cells = _select(frame, claim.where)
-        parts = list(cells.groupby(list(claim.for_each), sort=False)) if claim.for_each else [((), cells)]
+        _require(cells, claim.for_each)
+        keys = {f"_each{i}": _column(cells, c) for i, c in enumerate(claim.for_each)}
+        parts = list(cells.assign(**keys).groupby(list(keys), sort=False)) if keys else [((), cells)]
     except SpecError as err:
         return Verdict(claim, UNTESTABLE, "", f"not in this record: {err}")
     if not parts:
@@ -336,12 +338,16 @@ def _rank(check, cells, subject, metric, k) -> tuple[str, str]:
 
 
 def _select(cells: pd.DataFrame, sel: Mapping[str, Any]) -> pd.DataFrame:
-    """The cells matching ``sel``. Raises SpecError (short) for a column this record lacks (a dotted config
-    path in a CSV record without configs)."""
-    for col in sel:
+    """The cells matching ``sel``."""
+    _require(cells, sel)
+    return apply_filters(cells, sel)
+
+
+def _require(cells: pd.DataFrame, columns: Sequence[str]) -> None:
+    """A short SpecError for a column this record lacks (a config path in a CSV record without configs)."""
+    for col in columns:
         if col not in cells and not ("." in col and "config" in cells):
             raise SpecError(f"no column {col!r}")
-    return apply_filters(cells, sel)
 
 
 def _untestable(cells: pd.DataFrame, metric: str, who: str) -> str:

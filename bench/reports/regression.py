@@ -13,6 +13,7 @@ DETECTION_TOLERANCE = 0.05
 CHECKED = ("ba", "asr", "ra", "flag_precision", "flag_recall", "kept_precision", "auroc")
 SEED_SPREAD = 2.0           # tolerance >= SEED_SPREAD x the std over seeds of the cell's baseline values
 VERDICT_ORDER = ("fail", "insufficient", "warn", "pass")
+SETTINGS = ("sweep", "scale", "profile")    # what the labels do not say: a label match needs these equal too
 
 
 def better_of(metric: str) -> str:
@@ -22,7 +23,7 @@ def better_of(metric: str) -> str:
 def baseline_values(frame: pd.DataFrame, metrics: Iterable[str] = CHECKED) -> pd.DataFrame:
     """Per evaluate key and metric: value and tolerance (default per metric, widened by the seed spread).
 
-    Returns a frame with key, dataset, attack, defense, clean_ratio, seed, metric, value, tolerance, better.
+    Returns a frame with key, the cell labels, sweep, scale, profile, metric, value, tolerance, better.
     """
     from bench.results import LABELS
 
@@ -37,9 +38,10 @@ def baseline_values(frame: pd.DataFrame, metrics: Iterable[str] = CHECKED) -> pd
             tol = max(DEFAULT_TOLERANCE.get(m, DETECTION_TOLERANCE), SEED_SPREAD * spread)
             for _, r in group.iterrows():
                 if pd.notna(r[m]):
-                    rows.append({"key": r["key"], **{c: r[c] for c in LABELS}, "metric": m,
+                    rows.append({"key": r["key"], **{c: r[c] for c in LABELS},
+                                 **{c: r.get(c) for c in SETTINGS}, "metric": m,
                                  "value": float(r[m]), "tolerance": round(tol, 6), "better": better_of(m)})
-    out = pd.DataFrame(rows, columns=["key", *LABELS, "metric", "value", "tolerance", "better"])
+    out = pd.DataFrame(rows, columns=["key", *LABELS, *SETTINGS, "metric", "value", "tolerance", "better"])
     # one evaluate job can serve several cells (defense 'none' ignores the clean ratio): store it once
     return out.sort_values("tolerance", ascending=False, kind="stable").drop_duplicates(["key", "metric"]) \
         .sort_index().reset_index(drop=True)
@@ -55,26 +57,30 @@ def compare(frame: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     A baseline value is matched to the sweep's cell by its key (the content hash of the cell's whole
     configuration); where no cell has that key any more (a plugin gained an option, so every key moved) and
     the baseline carries the cell labels (dataset, model, recipe, attack, defense, clean_ratio, seed, as
-    ``bench baseline save --out`` / ``export`` write them), by those labels when exactly one cell has them.
+    ``bench baseline save --out`` / ``export`` write them), by those labels when exactly one cell has them —
+    and only within the same sweep, scale and profile (columns ``SETTINGS``, which new baselines carry): a
+    cell of another sweep or profile with the same labels has other settings (epochs, data size) and is
+    never paired. ``matched`` says how (key / labels / ''), ``our_key`` which cell of the sweep was used.
     """
     from bench.results import LABELS
 
     ours, by_labels = {}, {}
+    cols = [*LABELS, *(c for c in SETTINGS if c in baseline and c in frame)]
     labelled = all(c in baseline for c in LABELS) and all(c in frame for c in LABELS)
     if labelled:
-        counts = pd.Series([_labels_of(r) for _, r in frame.iterrows()]).value_counts()
+        counts = pd.Series([_labels_of(r, cols) for _, r in frame.iterrows()]).value_counts()
         unique = {k for k, n in counts.items() if n == 1}
     for _, r in frame.iterrows():
         for m in baseline["metric"].unique():
             if m in r and pd.notna(r[m]):
-                ours[(r["key"], m)] = float(r[m])
-                if labelled and (lab := _labels_of(r)) in unique:
-                    by_labels[(lab, m)] = float(r[m])
+                ours[(r["key"], m)] = (float(r[m]), r["key"])
+                if labelled and (lab := _labels_of(r, cols)) in unique:
+                    by_labels[(lab, m)] = (float(r[m]), r["key"])
     out = []
     for _, b in baseline.iterrows():
-        now = ours.get((b["key"], b["metric"]))
+        now, our_key, how = *ours.get((b["key"], b["metric"]), (None, None)), "key"
         if now is None and labelled:     # the cell's key moved (a new plugin option): match on its labels
-            now = by_labels.get((_labels_of(b), b["metric"]))
+            now, our_key, how = *by_labels.get((_labels_of(b, cols), b["metric"]), (None, None)), "labels"
         tol = b["tolerance"] if pd.notna(b.get("tolerance")) else DEFAULT_TOLERANCE.get(b["metric"], DETECTION_TOLERANCE)
         verdict, delta = "insufficient", None
         if now is not None and pd.notna(b["value"]):
@@ -83,14 +89,20 @@ def compare(frame: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
             worse = -sign * delta
             verdict = "pass" if abs(delta) <= tol + 1e-12 else ("fail" if worse > 0 else "warn")
         out.append({**{k: b[k] for k in b.index if k not in ("value", "tolerance", "better")},
-                    "baseline": b["value"], "ours": now, "delta": delta, "tolerance": tol, "verdict": verdict})
+                    "baseline": b["value"], "ours": now, "delta": delta, "tolerance": tol, "verdict": verdict,
+                    "our_key": our_key, "matched": how if our_key else ""})
     return pd.DataFrame(out)
 
 
-def _labels_of(row: Any) -> tuple:
-    from bench.results import LABELS
-    return tuple(None if pd.isna(row[c]) else (float(row[c]) if c == "clean_ratio" else str(row[c]))
-                 for c in LABELS)
+def unmatched_cells(frame: pd.DataFrame, result: pd.DataFrame) -> list[str]:
+    """Keys of the sweep's cells that no baseline value was compared with (by key or by labels)."""
+    used = set(result["our_key"].dropna()) if "our_key" in result else set()
+    return sorted(set(frame["key"]) - used) if "key" in frame else []
+
+
+def _labels_of(row: Any, cols: Iterable[str]) -> tuple:
+    return tuple(None if row.get(c) is None or pd.isna(row[c]) else
+                 (float(row[c]) if c == "clean_ratio" else str(row[c])) for c in cols)
 
 
 def cell_verdicts(result: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +114,7 @@ def cell_verdicts(result: pd.DataFrame) -> pd.DataFrame:
                  for r in part.itertuples() if r.verdict != "pass"]
         first = part.iloc[0]
         rows.append({"key": key, **{c: first.get(c) for c in ("dataset", "attack", "defense", "clean_ratio", "seed")},
-                     "verdict": worst, "moved": "; ".join(moved)})
+                     "verdict": worst, "moved": "; ".join(moved), "our_key": first.get("our_key")})
     return pd.DataFrame(rows)
 
 

@@ -50,7 +50,8 @@ _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_ESCAPES))
 def latex_escape(value: Any) -> str:
     """Escape LaTeX's special characters (\\ & % $ # _ { } ~ ^) so a label prints as written."""
     text = _LATEX_RE.sub(lambda m: _LATEX_ESCAPES[m.group(0)], str(value))
-    return text.replace("±", r"$\pm$").replace("—", "---").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("†", r"\dag{}").replace("‡", r"\ddag{}")
+    return text.replace("±", r"$\pm$").replace("—", "---").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("†", r"\dag{}").replace("‡", r"\ddag{}") \
+        .replace("≤", r"$\le$").replace("−", "-").replace("“", "``").replace("”", "''")
 
 
 def _html_env():
@@ -71,18 +72,27 @@ def _latex_env():
     return env
 
 
-def render_html(table: Table, comparison: pd.DataFrame | None = None, figures: Sequence[Path] = ()) -> str:
-    """One self-contained HTML page: the table, the paper-vs-ours view, figures inlined as PNG data URIs."""
+def render_html(table: Table, comparison: pd.DataFrame | None = None, figures: Sequence[Path] = (),
+                claims: Sequence[Any] = ()) -> str:
+    """One self-contained HTML page: the claims with their verdicts (:func:`bench.reports.claims.evaluate`)
+    above the table, the table, the paper-vs-ours view, figures inlined as PNG data URIs."""
     import base64
 
     comp = _comparison_view(comparison) if comparison is not None and len(comparison) else None
     imgs = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in figures]
-    return _html_env().get_template("table.html.j2").render(t=_view(table), comparison=comp, figures=imgs)
+    return _html_env().get_template("table.html.j2").render(t=_view(table), comparison=comp, figures=imgs,
+                                                            claims=_claims_view(claims))
 
 
-def render_latex(table: Table) -> str:
-    """A booktabs ``table`` environment (needs \\usepackage{booktabs})."""
-    return _latex_env().get_template("table.tex.j2").render(t=_view(table))
+def render_latex(table: Table, claims: Sequence[Any] = ()) -> str:
+    """A booktabs ``table`` environment (needs \\usepackage{booktabs}), then the claims as a compact list."""
+    return _latex_env().get_template("table.tex.j2").render(t=_view(table), claims=_claims_view(claims))
+
+
+def _claims_view(verdicts: Sequence[Any]) -> list[dict[str, str]]:
+    return [{"id": v.claim.id, "source": v.claim.source, "quote": v.claim.quote, "scale": v.claim.scale,
+             "verdict": v.verdict, "css": v.verdict.replace(" ", "-"), "numbers": v.numbers, "reason": v.reason}
+            for v in verdicts]
 
 
 def _comparison_view(comp: pd.DataFrame) -> list[dict[str, str]]:
