@@ -244,6 +244,9 @@ def show(key, workspace, db_url, traceback):
             click.echo(f"    error: {r['error']}")
             if traceback and r["traceback"]:
                 click.echo("    " + r["traceback"].rstrip().replace("\n", "\n    "))
+    if d["stage"] == "evaluate":
+        from bench.reports.gate import job_gate
+        click.echo(f"gate: {job_gate(storage, d['key'])}")
 
 
 def _fmt(v) -> str:
@@ -257,7 +260,9 @@ def _fmt(v) -> str:
 @workspace_option
 @db_option
 def export(sweep_name, fmt, out, workspace, db_url):
-    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config)."""
+    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config),
+    with the model's before-numbers, the change from them and the validity gate (bench.reports.gate)."""
+    from bench.reports.gate import with_before
     from bench.results import cells_frame
 
     storage = storage_for(workspace, db_url, create=False)
@@ -265,7 +270,7 @@ def export(sweep_name, fmt, out, workspace, db_url):
         from bench.config import closest
         raise click.BadParameter(f"no sweep {sweep_name!r}; {closest(sweep_name, storage.sweep_names())}",
                                  param_hint="'--sweep'")
-    frame = cells_frame(storage, sweep_name)
+    frame = with_before(cells_frame(storage, sweep_name))
     if fmt == "parquet":
         if not out:
             raise click.BadParameter("parquet needs --out FILE", param_hint="'--out'")

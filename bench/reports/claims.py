@@ -263,14 +263,17 @@ def _verdict(claim: Claim, frame: pd.DataFrame, scale: str) -> Verdict:
         verdict, numbers = _part(claim.check, part)
         results.append((name, verdict, numbers))
     verdict = _combine([v for _, v, _ in results], claim.require)
-    numbers = "; ".join(f"{n + ': ' if n else ''}{text} [{v}]" if len(results) > 1 else f"{text}"
-                        for n, v, text in results)
-    reason = ""
+    named = len(results) > 1
+
+    def join(parts: list[tuple[str, str, str]], tag: bool) -> str:
+        return "; ".join(f"{n + ': ' if named else ''}{text}{f' [{v}]' if tag and named else ''}"
+                         for n, v, text in parts)
+    numbers = join([r for r in results if r[1] != UNTESTABLE], True)
+    reason = join([r for r in results if r[1] == UNTESTABLE], False)
     if claim.scale == "paper" and scale != "paper":
-        reason = f"a paper-scale claim; this record is at {scale} scale (would be: {verdict})"
+        reason = "; ".join(x for x in (f"a paper-scale claim; this record is at {scale} scale "
+                                       f"(would be: {verdict})", reason) if x)
         verdict = UNTESTABLE
-    elif verdict == UNTESTABLE:
-        reason = "; ".join(sorted({t for _, v, t in results if v == UNTESTABLE}))
     return Verdict(claim, verdict, numbers, reason)
 
 
