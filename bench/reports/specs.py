@@ -67,6 +67,7 @@ METRIC_DEFAULTS = {
     "kept_precision": MetricSpec("kept_precision", "Kept prec.", "higher"),
     "clean_kept": MetricSpec("clean_kept", "clean", "higher"),
     "poison_kept": MetricSpec("poison_kept", "backdoor", "lower"),
+    "ba_delta": MetricSpec("ba_delta", "ΔBA", "none"), "asr_delta": MetricSpec("asr_delta", "ΔASR", "none"),
 }
 _SPEC_KEYS = set(TableSpec.__dataclass_fields__) | {"paper"}
 
