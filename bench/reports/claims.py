@@ -23,6 +23,9 @@ Seed-aware tolerance: a quantity's per-seed values (paired by seed for a differe
 models) give mean and sample std; a claim **fails** only when it is violated by more than ``k`` std
 (e.g. ``x < v`` fails when mean − k·std ≥ v), so seed noise never fails a claim; with one seed std = 0.
 
+A ``for_each`` part in which the subject has no cell is not a part of the claim (the record did not run it
+there); ``all`` / ``most`` / ``any`` count the remaining parts.
+
 Verdicts: ``holds``, ``fails``, ``not testable`` — a cell is missing, its attack did not take (the validity
 gate, :mod:`bench.reports.gate`), a column is not in the record, or a paper-scale claim meets a smaller record
 (the numbers are still shown). A typo in a claims file raises :class:`ClaimError`: one line with the file,
@@ -44,6 +47,7 @@ from bench.reports.specs import METRIC_DEFAULTS, REPORTS, SpecError, read_yaml
 
 CLAIMS_DIR = REPORTS / "claims"
 HOLDS, FAILS, UNTESTABLE = "holds", "fails", "not testable"
+ABSENT = "missing cells (subject)"
 KINDS = ("threshold", "compare", "difference", "rank")
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 SCALES = ("any", "paper")
@@ -262,6 +266,10 @@ def _verdict(claim: Claim, frame: pd.DataFrame, scale: str) -> Verdict:
         name = "/".join(map(str, key if isinstance(key, tuple) else (key,)))
         verdict, numbers = _part(claim.check, part)
         results.append((name, verdict, numbers))
+    ran = [r for r in results if r[2] != ABSENT]       # a part where the subject was never run is no part
+    if not ran:
+        return Verdict(claim, UNTESTABLE, "", ABSENT)
+    results = ran
     verdict = _combine([v for _, v, _ in results], claim.require)
     named = len(results) > 1
 
@@ -355,7 +363,7 @@ def _require(cells: pd.DataFrame, columns: Sequence[str]) -> None:
 
 def _untestable(cells: pd.DataFrame, metric: str, who: str) -> str:
     if cells.empty:
-        return f"missing cells ({who})"
+        return ABSENT if who == "subject" else f"missing cells ({who})"
     if metric not in cells or cells[metric].dropna().empty:
         return f"no {metric} ({who})"
     if gated(cells).any():

@@ -24,19 +24,24 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
 
     frame = frame.copy()
     if "flag_recall" in frame:
-        frame["poison_kept"] = 1 - frame["flag_recall"]
+        _fill(frame, "poison_kept", 1 - frame["flag_recall"])
         if {"kept_precision", "n_kept", "n_flagged"} <= set(frame):
             if "flag_recall_n" in frame:
                 n_pois = frame["flag_recall_n"]
             else:
                 n_pois = frame.get("flag_precision", math.nan) * frame["n_flagged"] / frame["flag_recall"]
             n_clean = frame["n_kept"] + frame["n_flagged"] - n_pois
-            frame["clean_kept"] = frame["kept_precision"] * frame["n_kept"] / n_clean
+            _fill(frame, "clean_kept", frame["kept_precision"] * frame["n_kept"] / n_clean)
     if "defense" in frame:
         none = frame["defense"] == "none"
         for col in ("poison_kept", "clean_kept"):
             frame[col] = frame[col].where(~none, 1.0) if col in frame else none.map({True: 1.0, False: math.nan})
     return with_before(frame)
+
+
+def _fill(frame: pd.DataFrame, col: str, derived: pd.Series) -> None:
+    """Set ``col`` from ``derived`` where that is defined, keeping values a record already carries."""
+    frame[col] = derived.where(derived.notna(), frame[col]) if col in frame else derived
 
 
 def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:

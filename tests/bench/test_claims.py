@@ -195,3 +195,13 @@ def test_bench_check_rejects_a_claims_typo_with_exit_2(tmp_path):
     syntax.write_text("claims:\n  - {id: a\n")
     run = CliRunner().invoke(main, ["check", str(ROOT / "reports/baselines/table1_mini.csv"), "--claims", str(syntax)])
     assert run.exit_code == 2 and f"{syntax}:3:1: YAML syntax error" in run.output
+
+
+def test_the_transcribed_all_defenses_record_takes_dotted_options_from_its_configs():
+    record = cl.record_from_csv(ROOT / "reports" / "records" / "all_defenses_mcl_setting_mini.csv")
+    verdicts = {v.claim.id: v for v in cl.evaluate(cl.load_claims("dbr"), record)}
+    assert verdicts["sd-split-precision"].verdict == "holds"                 # D-hat_c 99.9 % on BadNets, Blend
+    assert verdicts["dbr-asr-under-1"].verdict == "fails"                    # defense.mode read from config
+    assert "asr dbr,defense.mode=unlearn_relearn = 100.00" in verdicts["dbr-asr-under-1"].numbers
+    ssl = {v.claim.id: v for v in cl.evaluate(cl.load_claims("ssl"), record)}
+    assert "energy: clean_kept ssl_cleanse = 31.30" in ssl["filters-keep-clean"].numbers   # for_each defense.filter
