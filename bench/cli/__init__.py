@@ -116,6 +116,7 @@ def _key_value(text: str, hint: str) -> tuple[str, str]:
 def _sweep_on_slurm(sw, graph, workspace: Path, db_url, data_root, device, progress, wait, grace_s, max_attempts,
                     opts) -> None:
     """Register the jobs, submit the array of 'bench worker' tasks, follow the database until the array ends."""
+    from bench.launch.pull import WorkerOptions
     from bench.launch.slurm import follow, submit
     from bench.results import cells_frame, summary_table
     from bench.runner import RunOptions, Scheduler, register
@@ -130,13 +131,10 @@ def _sweep_on_slurm(sw, graph, workspace: Path, db_url, data_root, device, progr
     if todo["done"] == todo["jobs"]:
         click.echo("nothing to run")
         return
-    args = ["--db", storage.url, "--workspace", str(workspace), "--sweep", sw.name, "--until-empty",
-            "--device", device, "--grace", str(grace_s), "--max-attempts", str(max_attempts)]
-    if data_root:
-        args += ["--data-root", str(Path(data_root).resolve())]
-    if opts.jobs_per_task:
-        args += ["--max-jobs", str(opts.jobs_per_task)]
-    jobs = submit(args, opts, f"bench-{sw.name}")
+    worker = WorkerOptions(sweep=sw.name, until_empty=True, device=device, grace_s=grace_s, max_attempts=max_attempts,
+                           data_root=str(Path(data_root).resolve()) if data_root else None,
+                           max_jobs=opts.jobs_per_task)
+    jobs = submit(storage.url, str(artifacts_root(workspace)), worker, opts, f"bench-{sw.name}")
     array = str(jobs[0].job_id).split("_")[0]
     click.echo(f"submitted slurm array {array}: {opts.array_size} tasks of 'bench worker' (logs: {opts.folder})")
     if not wait:
