@@ -121,12 +121,19 @@ def page(tmp_path_factory):
     return out, report, probed
 
 
-def test_chromium_renders_cells_marks_and_footnote(page):
+@pytest.fixture(scope="module")
+def dom(page):
+    """The probed page after Chromium laid it out: its text and the probe's JSON (cells, claims)."""
     out, _report, probed = page
     run = chromium("--dump-dom", "--virtual-time-budget=5000", probed.as_uri(), profile=out / "profile-dom")
     assert run.returncode == 0, run.stderr[-2000:]
     parser = _Text()
     parser.feed(run.stdout)
+    return parser
+
+
+def test_chromium_renders_cells_marks_and_footnote(dom):
+    parser = dom
     text = " ".join(" ".join(parser.parts).split())
     assert "Browser & <render> test" in text                    # the escaped title renders as written
     assert "mean ± std over seeds (n = 2 per cell" in text and rp.MISSING_NOTE in text
@@ -148,13 +155,8 @@ def test_chromium_renders_cells_marks_and_footnote(page):
     assert not any(c["underline"] for c in blend)
 
 
-def test_chromium_shows_the_claims_verdicts_above_the_table(page):
-    out, _report, probed = page
-    run = chromium("--dump-dom", "--virtual-time-budget=5000", probed.as_uri(), profile=out / "profile-claims")
-    assert run.returncode == 0, run.stderr[-2000:]
-    parser = _Text()
-    parser.feed(run.stdout)
-    claims = json.loads(parser.probe)["claims"]
+def test_chromium_shows_the_claims_verdicts_above_the_table(dom):
+    claims = json.loads(dom.probe)["claims"]
     assert [(c["id"], c["verdict"]) for c in claims] == [("a-best", "holds"), ("b-best", "fails"),
                                                            ("c-low", "not testable")]
     assert all(c["above"] for c in claims)
