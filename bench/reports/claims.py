@@ -22,6 +22,9 @@ Check kinds (metrics in stored fractions: 0.01 = 1 point; ``k`` = seed tolerance
 Seed-aware tolerance: a quantity's per-seed values (paired by seed for a difference of two cells of the same
 models) give mean and sample std; a claim **fails** only when it is violated by more than ``k`` std
 (e.g. ``x < v`` fails when mean − k·std ≥ v), so seed noise never fails a claim; with one seed std = 0.
+With ``alpha`` instead, a one-sided t-test over the seeds (H0: the claim holds) fails it at that level.
+A claim's ``sweep`` names the sweep it is written for (documentation): it is evaluated on whatever record
+it is given, where cells it does not find make it not testable.
 
 A ``for_each`` part in which the subject has no cell is not a part of the claim (the record did not run it
 there); ``all`` / ``most`` / ``any`` count the remaining parts.
@@ -54,10 +57,10 @@ SCALES = ("any", "paper")
 REQUIRE = ("all", "most", "any")
 FILE_KEYS = ("paper", "seed", "sweep", "notes", "claims")
 CLAIM_KEYS = ("id", "source", "quote", "scale", "sweep", "where", "for_each", "require", "check", "note")
-CHECK_KEYS = {"threshold": ("kind", "metric", "subject", "op", "value", "k"),
-              "compare": ("kind", "metric", "subject", "other", "op", "by", "k"),
-              "difference": ("kind", "metric", "subject", "other", "op", "value", "k"),
-              "rank": ("kind", "metric", "subject", "among", "at_most", "k")}
+CHECK_KEYS = {"threshold": ("kind", "metric", "subject", "op", "value", "k", "alpha"),
+              "compare": ("kind", "metric", "subject", "other", "op", "by", "k", "alpha"),
+              "difference": ("kind", "metric", "subject", "other", "op", "value", "k", "alpha"),
+              "rank": ("kind", "metric", "subject", "among", "at_most", "k", "alpha")}
 REQUIRED = {"threshold": ("metric", "subject", "op", "value"), "compare": ("metric", "subject", "other", "op"),
             "difference": ("metric", "subject", "other", "op", "value"), "rank": ("metric", "subject", "among")}
 COLUMNS = ("dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed", "attack_variant",
@@ -169,9 +172,11 @@ def _check(check: Any, where: str, path: str) -> None:
     for key in ("subject", "other", "among"):
         if key in check:
             _selector(check[key], where, f"{path}.{key}")
-    for key in ("value", "by", "k", "at_most"):
+    for key in ("value", "by", "k", "at_most", "alpha"):
         if key in check and (not isinstance(check[key], (int, float)) or isinstance(check[key], bool)):
             raise ClaimError(f"{where}: {path}.{key}: expected a number, got {check[key]!r}")
+    if "alpha" in check and not 0 < check["alpha"] < 1:
+        raise ClaimError(f"{where}: {path}.alpha: {check['alpha']!r}; a test level in (0, 1), e.g. 0.05")
     if kind == "rank" and not (len(check["among"]) == 1 and isinstance(next(iter(check["among"].values())), list)):
         raise ClaimError(f"{where}: {path}.among: expected one column with a list of values, "
                          "e.g. {defense: [ft, nad, mcl]}")
@@ -296,13 +301,13 @@ def _combine(verdicts: list[str], require: str) -> str:
 
 def _part(check: Mapping[str, Any], cells: pd.DataFrame) -> tuple[str, str]:
     """(verdict, numbers) of one check on the cells of one part."""
-    metric, k = check["metric"], float(check.get("k", 1.0))
+    metric = check["metric"]
     try:
         subject = _select(cells, check["subject"])
     except SpecError as err:
         return UNTESTABLE, f"not in this record: {err}"
     if check["kind"] == "rank":
-        return _rank(check, cells, subject, metric, k)
+        return _rank(check, cells, subject, metric)
     problem = _untestable(subject, metric, "subject")
     if problem:
         return UNTESTABLE, problem
@@ -317,12 +322,11 @@ def _part(check: Mapping[str, Any], cells: pd.DataFrame) -> tuple[str, str]:
         values = _paired(_per_seed(subject, metric), _per_seed(other, metric))
         bound = float(check.get("by", 0.0)) if check["kind"] == "compare" else float(check["value"])
         what = f"{_label(check['subject'])} − {_label(check['other'])}"
-    mean, std = _mean_std(values)
-    ok = _tolerant(mean, std, k, op, bound)
-    return (HOLDS if ok else FAILS), f"{metric} {what} = {_pts(mean, std, len(values))} (need {op} {_p(bound)})"
+    ok = _holds(values, op, bound, check)
+    return (HOLDS if ok else FAILS), f"{metric} {what} = {_pts(*_mean_std(values), len(values))} (need {op} {_p(bound)})"
 
 
-def _rank(check, cells, subject, metric, k) -> tuple[str, str]:
+def _rank(check, cells, subject, metric) -> tuple[str, str]:
     (col, values), = check["among"].items()
     problem = _untestable(subject, metric, "subject")
     if problem:
@@ -339,9 +343,8 @@ def _rank(check, cells, subject, metric, k) -> tuple[str, str]:
         if problem:
             return UNTESTABLE, problem
         theirs = _per_seed(comp, metric)
-        mean, std = _mean_std(_paired(mine, theirs))     # subject − competitor, per seed
-        # the competitor is better than the subject beyond k std of the difference
-        if (mean - k * std > 0) if lower else (mean + k * std < 0):
+        # the competitor is better: 'subject − competitor is no worse than 0' is violated beyond seed noise
+        if not _holds(_paired(mine, theirs), "<=" if lower else ">=", 0.0, check):
             beaten_by.append(f"{v} {_pts(*_mean_std(theirs), len(theirs))}")
     text = (f"{metric} {_label(check['subject'])} {_pts(*_mean_std(mine), len(mine))}; clearly better: "
             f"{', '.join(beaten_by) or 'none'} of {len(values) - 1} (need rank ≤ {at_most})")
@@ -391,10 +394,20 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def _tolerant(mean: float, std: float, k: float, op: str, bound: float) -> bool:
-    """The claim ``x op bound`` unless it is violated beyond k std (seed noise never fails a claim)."""
-    slack = k * std
-    return OPS[op](mean - slack, bound) if op in ("<", "<=") else OPS[op](mean + slack, bound)
+def _holds(values: pd.Series, op: str, bound: float, check: Mapping[str, Any]) -> bool:
+    """The claim ``x op bound`` on per-seed values, unless the seeds show it violated: beyond ``k`` std of the
+    mean (default), or — with ``alpha`` — by a one-sided t-test at that level (H0: the claim holds). With one
+    seed, or no spread, the mean decides."""
+    mean, std = _mean_std(values)
+    upper = op in ("<", "<=")                   # the claim bounds x from above: a violation is x too high
+    if "alpha" in check and len(values) > 1 and std > 0:
+        from scipy import stats
+
+        t = (mean - bound) / (std / math.sqrt(len(values)))
+        p = stats.t.sf(t, len(values) - 1) if upper else stats.t.cdf(t, len(values) - 1)
+        return OPS[op](mean, bound) or p >= float(check["alpha"])
+    slack = float(check.get("k", 1.0)) * std
+    return OPS[op](mean - slack, bound) if upper else OPS[op](mean + slack, bound)
 
 
 def _label(sel: Mapping[str, Any]) -> str:

@@ -56,6 +56,16 @@ def test_threshold_tolerates_seed_noise_but_not_beyond_k_std():
     assert verdict({**check, "value": 0.005}, noisy).verdict == "fails"   # beyond one std
 
 
+def test_a_one_sided_t_test_over_seeds_instead_of_k_std():
+    three = {**BASE, ("badnets", "mcl"): [(0.05, 0.9), (0.06, 0.9), (0.07, 0.9)]}   # mean 6, std 1 point, n 3
+    check = {"kind": "threshold", "metric": "asr", "subject": {"defense": "mcl"}, "op": "<", "value": 0.04}
+    assert verdict(check, three).verdict == "fails"                       # 6 - 1 >= 4: beyond one std
+    # t = (6 - 4) / (1 / sqrt 3) = 3.46 with 2 degrees of freedom: one-sided p = 0.037
+    assert verdict({**check, "alpha": 0.05}, three).verdict == "fails"
+    assert verdict({**check, "alpha": 0.01}, three).verdict == "holds"
+    assert verdict({**check, "value": 0.07, "alpha": 0.01}, three).verdict == "holds"   # the mean satisfies it
+
+
 @pytest.mark.parametrize("op, expected", [(">", "holds"), ("<", "fails")])
 def test_compare(op, expected):
     v = verdict({"kind": "compare", "metric": "asr", "subject": {"defense": "ft"}, "other": {"defense": "nad"},
@@ -159,6 +169,7 @@ GOOD = {"id": "c", "source": "s", "quote": "q",
     ({"claims": [{**GOOD, "check": {**GOOD["check"], "subject": {"defense": "mcll"}}}]}, "claims[0].check.subject.defense: unknown defense 'mcll'; did you mean 'mcl'?"),
     ({"claims": [{**GOOD, "check": {**GOOD["check"], "valeu": 1}}]}, "claims[0].check.valeu: unknown key; did you mean 'value'?"),
     ({"claims": [{**GOOD, "check": {**GOOD["check"], "value": "5%"}}]}, "claims[0].check.value: expected a number"),
+    ({"claims": [{**GOOD, "check": {**GOOD["check"], "alpha": 5}}]}, "claims[0].check.alpha: 5; a test level in (0, 1)"),
     ({"claims": [{**GOOD, "check": {"kind": "compare", "metric": "asr", "subject": {"defense": "ft"}, "op": "<"}}]},
      "claims[0].check.other: missing"),
     ({"claims": [{**GOOD, "check": {"kind": "rank", "metric": "asr", "subject": {"defense": "ft"}, "among": {"defense": "ft"}}}]},
