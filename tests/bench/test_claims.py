@@ -216,3 +216,18 @@ def test_the_transcribed_all_defenses_record_takes_dotted_options_from_its_confi
     assert "asr dbr,defense.mode=unlearn_relearn = 100.00" in verdicts["dbr-asr-under-1"].numbers
     ssl = {v.claim.id: v for v in cl.evaluate(cl.load_claims("ssl"), record)}
     assert "energy: clean_kept ssl_cleanse = 31.30" in ssl["filters-keep-clean"].numbers   # for_each defense.filter
+
+
+def test_the_verdicts_in_reproduction_md_are_what_the_engine_says():
+    import re
+
+    doc = (ROOT / "docs" / "REPRODUCTION.md").read_text()
+    records = {"table1_mini": (cl.record_from_csv(ROOT / "reports/baselines/table1_mini.csv"), "mini"),
+               "all_defenses_mini": (cl.record_from_csv(ROOT / "reports/records/all_defenses_mcl_setting_mini.csv"),
+                                     None)}
+    rows = re.findall(r"\| `([\w-]+)` \([^|]*\) \| (?:any|paper) \| (\w+) \| \*\*([a-z ]+)\*\* \|", doc)
+    assert len(rows) >= 15
+    claims = {c.id: c for name in ("mcl", "dbr", "ssl", "lfd") for c in cl.load_claims(name).claims}
+    for cid, record, written in rows:
+        frame, scale = records[record]
+        assert cl.evaluate([claims[cid]], frame, scale)[0].verdict == written, (cid, record)
