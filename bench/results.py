@@ -66,9 +66,13 @@ def _short(v: Any) -> str:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds of BA/ASR/RA per (dataset, attack, defense, clean_ratio), in percent."""
+    """Mean ± std over seeds of BA/ASR/RA per (dataset, attack, defense, clean_ratio), in percent; a ``gate``
+    column names the rows whose backdoor did not take (bench.reports.gate)."""
     if frame.empty:
         return frame
+    from bench.reports.gate import gated, with_before
+
+    frame = with_before(frame)
     metrics = [m for m in ("ba", "asr", "ra") if m in frame]
     keys = ["dataset", "model", "attack_variant", "defense_variant", "clean_ratio"]
     grouped = frame.groupby(keys, sort=False, dropna=False)
@@ -78,6 +82,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         table[m.upper()] = [_pm(mu, sd, n) for mu, sd, n in zip(out[(m, "mean")], out[(m, "std")], out[(m, "count")])]
     if metrics:
         table["n"] = out[(metrics[0], "count")].astype(int)
+    not_taken = frame.assign(_gated=gated(frame)).groupby(keys, sort=False, dropna=False)["_gated"].any()
+    if not_taken.any():
+        table["gate"] = not_taken.map({True: "attack did not take", False: ""})
     return table.reset_index().rename(columns={"attack_variant": "attack", "defense_variant": "defense"})
 
 

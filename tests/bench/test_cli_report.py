@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from bench.cli import main
 from bench.db.storage import RunInfo, Storage, default_url
 from bench.graph import build_graph
+from bench.results import cells_frame, summary_table
 from bench.sweep import build_sweep
 
 # (defense, seed) -> BA, ASR, RA of the finished evaluate job
@@ -145,6 +146,9 @@ def test_the_gate_marks_a_backdoor_that_did_not_take_everywhere(ws, tmp_path):
     assert (tiny["gate"] == "ok").all()
     key = exported.loc[exported["defense"] == "ft", "key"].iloc[0]
     assert "gate: attack did not take" in bench(ws, "show", key[:16]).output
+    storage = Storage(default_url(ws))                       # the table 'bench sweep' prints at the end
+    assert (summary_table(cells_frame(storage, "weak"))["gate"] == "attack did not take").all()
+    assert "gate" not in summary_table(cells_frame(storage, "tiny"))
 
 
 def test_check_never_pairs_another_sweeps_cells_by_label(ws, tmp_path):
