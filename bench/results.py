@@ -94,3 +94,14 @@ def _pm(mu: float, sd: float, n: int) -> str:
     if n == 1 or sd is None or math.isnan(sd):
         return f"{100 * mu:.1f}"
     return f"{100 * mu:.1f} ± {100 * sd:.1f}"
+
+
+def job_gate(storage: Storage, key: str) -> str:
+    """The validity gate of the cell an evaluate job serves, read from the sweeps that hold it (``bench show``)."""
+    from bench.reports.gate import NO_BEFORE, with_before
+
+    for sweep in storage.sweep_names():
+        frame = cells_frame(storage, sweep)
+        if "key" in frame and (frame["key"] == key).any():
+            return str(with_before(frame).loc[frame["key"] == key, "gate"].iloc[0])
+    return NO_BEFORE

@@ -243,7 +243,7 @@ def show(key, workspace, db_url, traceback):
             if traceback and r["traceback"]:
                 click.echo("    " + r["traceback"].rstrip().replace("\n", "\n    "))
     if d["stage"] == "evaluate":
-        from bench.reports.gate import job_gate
+        from bench.results import job_gate
         click.echo(f"gate: {job_gate(storage, d['key'])}")
 
 

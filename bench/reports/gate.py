@@ -70,13 +70,3 @@ def gated(frame: pd.DataFrame) -> pd.Series:
     """True where the cell's backdoored model did not take (a frame from :func:`with_before`)."""
     return frame["gate"].eq(NOT_TAKEN) if "gate" in frame else pd.Series(False, index=frame.index)
 
-
-def job_gate(storage, key: str) -> str:
-    """The gate of the cell(s) an evaluate job serves, read from the sweeps that hold it (``bench show``)."""
-    from bench.results import cells_frame
-
-    for sweep in storage.sweep_names():
-        frame = cells_frame(storage, sweep)
-        if "key" in frame and (frame["key"] == key).any():
-            return str(with_before(frame).loc[frame["key"] == key, "gate"].iloc[0])
-    return NO_BEFORE
