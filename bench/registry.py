@@ -141,7 +141,7 @@ class Registry:
         return entry, entry.parse(opts, path, dataset)
 
 
-DATASETS = Registry("dataset", ("bench.data.datasets",), signature_skip=("data_root",))
+DATASETS = Registry("dataset", ("bench.data.datasets", "bench.data.sources"), signature_skip=("data_root",))
 MODELS = Registry("model", ("bench.models",), signature_skip=("num_classes", "in_channels", "image_size",
                                                               "mean", "std"))
 RECIPES = Registry("recipe", ("bench.recipes",))

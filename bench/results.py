@@ -66,9 +66,13 @@ def _short(v: Any) -> str:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds of BA/ASR/RA per (dataset, attack, defense, clean_ratio), in percent."""
+    """Mean ± std over seeds of BA/ASR/RA per (dataset, attack, defense, clean_ratio), in percent; a ``gate``
+    column names the rows whose backdoor did not take (bench.reports.gate)."""
     if frame.empty:
         return frame
+    from bench.reports.gate import gated, with_before
+
+    frame = with_before(frame)
     metrics = [m for m in ("ba", "asr", "ra") if m in frame]
     keys = ["dataset", "model", "attack_variant", "defense_variant", "clean_ratio"]
     grouped = frame.groupby(keys, sort=False, dropna=False)
@@ -78,6 +82,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         table[m.upper()] = [_pm(mu, sd, n) for mu, sd, n in zip(out[(m, "mean")], out[(m, "std")], out[(m, "count")])]
     if metrics:
         table["n"] = out[(metrics[0], "count")].astype(int)
+    not_taken = frame.assign(_gated=gated(frame)).groupby(keys, sort=False, dropna=False)["_gated"].any()
+    if not_taken.any():
+        table["gate"] = not_taken.map({True: "attack did not take", False: ""})
     return table.reset_index().rename(columns={"attack_variant": "attack", "defense_variant": "defense"})
 
 
@@ -87,3 +94,14 @@ def _pm(mu: float, sd: float, n: int) -> str:
     if n == 1 or sd is None or math.isnan(sd):
         return f"{100 * mu:.1f}"
     return f"{100 * mu:.1f} ± {100 * sd:.1f}"
+
+
+def job_gate(storage: Storage, key: str) -> str:
+    """The validity gate of the cell an evaluate job serves, read from the sweeps that hold it (``bench show``)."""
+    from bench.reports.gate import NO_BEFORE, with_before
+
+    for sweep in storage.sweep_names():
+        frame = cells_frame(storage, sweep)
+        if "key" in frame and (frame["key"] == key).any():
+            return str(with_before(frame).loc[frame["key"] == key, "gate"].iloc[0])
+    return NO_BEFORE

@@ -189,6 +189,7 @@ def _key_value(text: str, hint: str) -> tuple[str, str]:
 def _sweep_on_slurm(sw, graph, workspace: Path, db_url, data_root, device, progress, wait, grace_s, max_attempts,
                     opts) -> None:
     """Register the jobs, submit the array of 'bench worker' tasks, follow the database until the array ends."""
+    from bench.launch.pull import WorkerOptions
     from bench.launch.slurm import follow, submit
     from bench.results import cells_frame, summary_table
     from bench.runner import RunOptions, Scheduler, register
@@ -203,13 +204,10 @@ def _sweep_on_slurm(sw, graph, workspace: Path, db_url, data_root, device, progr
     if todo["done"] == todo["jobs"]:
         click.echo("nothing to run")
         return
-    args = ["--db", storage.url, "--workspace", str(workspace), "--sweep", sw.name, "--until-empty",
-            "--device", device, "--grace", str(grace_s), "--max-attempts", str(max_attempts)]
-    if data_root:
-        args += ["--data-root", str(Path(data_root).resolve())]
-    if opts.jobs_per_task:
-        args += ["--max-jobs", str(opts.jobs_per_task)]
-    jobs = submit(args, opts, f"bench-{sw.name}")
+    worker = WorkerOptions(sweep=sw.name, until_empty=True, device=device, grace_s=grace_s, max_attempts=max_attempts,
+                           data_root=str(Path(data_root).resolve()) if data_root else None,
+                           max_jobs=opts.jobs_per_task)
+    jobs = submit(storage.url, str(artifacts_root(workspace)), worker, opts, f"bench-{sw.name}")
     array = str(jobs[0].job_id).split("_")[0]
     click.echo(f"submitted slurm array {array}: {opts.array_size} tasks of 'bench worker' (logs: {opts.folder})")
     if not wait:
@@ -332,6 +330,9 @@ def show(key, workspace, db_url, traceback):
             click.echo(f"    error: {r['error']}")
             if traceback and r["traceback"]:
                 click.echo("    " + r["traceback"].rstrip().replace("\n", "\n    "))
+    if d["stage"] == "evaluate":
+        from bench.results import job_gate
+        click.echo(f"gate: {job_gate(storage, d['key'])}")
 
 
 def _fmt(v) -> str:
@@ -350,7 +351,8 @@ EXPORT_NOTE = ("rates (ba, asr, ra, precisions, recalls, auroc) are fractions in
 @workspace_option
 @db_option
 def export(sweep_name, fmt, out, workspace, db_url):
-    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config).
+    """Export one tidy row per cell (labels, BA/ASR/RA with counts, defense metrics, stage times, config),
+    with the model's before-numbers, the change from them and the validity gate (bench.reports.gate).
 
     BA: accuracy on the clean test set. ASR: attack success rate, the share of triggered non-target test images
     classified as the target. RA: robust accuracy, the share of those triggered images classified as their
@@ -358,6 +360,7 @@ def export(sweep_name, fmt, out, workspace, db_url):
     """
     import importlib.util
 
+    from bench.reports.gate import with_before
     from bench.results import cells_frame
 
     if fmt == "parquet":
@@ -373,7 +376,7 @@ def export(sweep_name, fmt, out, workspace, db_url):
         from bench.config import closest
         raise click.BadParameter(f"no sweep {sweep_name!r}; {closest(sweep_name, storage.sweep_names())}",
                                  param_hint="'--sweep'")
-    frame = _rounded(cells_frame(storage, sweep_name))
+    frame = _rounded(with_before(cells_frame(storage, sweep_name)))
     click.echo(f"bench export: {EXPORT_NOTE}", err=True)
     if fmt == "parquet":
         frame.to_parquet(out, index=False)

@@ -1,4 +1,4 @@
-"""``bench report``, ``bench baseline`` and ``bench check``: each a docstring plus calls into bench.report."""
+"""``bench report``, ``bench baseline`` and ``bench check``: each a docstring plus calls into bench.reports."""
 from __future__ import annotations
 
 import sys
@@ -64,16 +64,18 @@ def _sweep_frame(storage, sweep: str):
 @click.option("--tsne", "tsne_cells", multiple=True, metavar="COLUMN=VALUE,...",
               help="t-SNE of the penultimate features of the first cell matching the filter (e.g. "
                    "attack=badnets,defense=none,seed=0); poisoned samples in black. Repeatable.")
+@click.option("--claims", "claims_file", default=None, metavar="NAME|FILE.yaml",
+              help="Check a paper's claims (reports/claims/NAME.yaml) on the sweep; verdicts above the table.")
 @workspace_option
 @db_option
 def report(target, spec, sweep_name, formats, out, figures, reference, curve_metrics, score_hist, tsne_cells,
-           workspace, db_url):
+           claims_file, workspace, db_url):
     """Render a sweep as a paper table (HTML, LaTeX, CSV), with paper vs ours and ablation figures.
 
     SWEEP_OR_SPEC is a sweep name (its spec: --spec, else reports/specs/SWEEP.yaml or the spec naming the
     sweep, else one group per defense) or a table spec (its sweep: --sweep, else the spec's 'sweep:').
     """
-    from bench import report as rp
+    from bench import reports as rp
 
     storage = storage_for(workspace, db_url, create=False)
     try:
@@ -89,6 +91,7 @@ def report(target, spec, sweep_name, formats, out, figures, reference, curve_met
                 raise click.BadParameter(f"spec {target!r} names no sweep; pass --sweep", param_hint="'--sweep'")
             frame = _sweep_frame(storage, sweep_name)
         table = rp.build_table(frame, table_spec, rp.provenance_of(frame, storage))
+        verdicts = _claims(claims_file, frame) if claims_file else []
         ref_name = reference or table_spec.reference
         comparison = rp.paper_vs_ours(table, rp.load_reference(ref_name)) if ref_name else None
         out.mkdir(parents=True, exist_ok=True)
@@ -105,9 +108,10 @@ def report(target, spec, sweep_name, formats, out, figures, reference, curve_met
             click.echo(f"wrote {paths[0]} and {paths[1].name}")
     except rp.SpecError as err:
         raise click.BadParameter(str(err), param_hint="'SWEEP_OR_SPEC'") from None
-    written = _write(rp, table, comparison, pngs, formats, stem)
+    written = _write(rp, table, comparison, pngs, formats, stem, verdicts)
     for p in written:
         click.echo(f"wrote {p}")
+    _echo_claims(verdicts)
     if table.missing:
         click.echo(f"{table.missing} of {len(table.stats)} cells have no result (shown as —)")
 
@@ -136,21 +140,45 @@ def _extra_figures(rp, storage, workspace, sweep, frame, stem: Path, curve_metri
                              stem.parent / f"{stem.name}_tsne{i}", title=title)
 
 
-def _write(rp, table, comparison, pngs, formats, stem: Path) -> list[Path]:
+def _write(rp, table, comparison, pngs, formats, stem: Path, verdicts=()) -> list[Path]:
     written = []
     if "html" in formats:
         written.append(stem.with_suffix(".html"))
-        written[-1].write_text(rp.render_html(table, comparison, pngs))
+        written[-1].write_text(rp.render_html(table, comparison, pngs, verdicts))
     if "tex" in formats:
         written.append(stem.with_suffix(".tex"))
-        written[-1].write_text(rp.render_latex(table))
+        written[-1].write_text(rp.render_latex(table, verdicts))
     if "csv" in formats:
         written.append(stem.with_suffix(".csv"))
         written[-1].write_text(rp.table_csv(table))
         if comparison is not None and len(comparison):
             written.append(stem.parent / f"{stem.name}_vs_paper.csv")
             comparison.to_csv(written[-1], index=False)
+        if verdicts:
+            from bench.reports.claims import verdicts_frame
+            written.append(stem.parent / f"{stem.name}_claims.csv")
+            verdicts_frame(verdicts).to_csv(written[-1], index=False)
     return written
+
+
+def _claims(claims_file: str, frame, scale: str | None = None):
+    """The verdicts of a claims file on a cells frame (bad claims file: exit 2 with one line)."""
+    from bench.reports.claims import ClaimError, evaluate, load_claims
+
+    try:
+        claims = load_claims(claims_file)
+    except ClaimError as err:
+        raise click.BadParameter(str(err), param_hint="'--claims'") from None
+    return evaluate(claims, frame, scale)
+
+
+def _echo_claims(verdicts) -> None:
+    for v in verdicts:
+        click.echo(f"[{v.verdict}] {v.claim.id} ({v.claim.source}; scale {v.claim.scale}): {v.numbers}"
+                   + (f"  -- {v.reason}" if v.reason else ""))
+    if verdicts:
+        counts = {k: sum(v.verdict == k for v in verdicts) for k in ("holds", "fails", "not testable")}
+        click.echo(f"{len(verdicts)} claims: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
 # -- baselines -------------------------------------------------------------------------------------------
@@ -168,7 +196,7 @@ def baseline():
 @db_option
 def baseline_save(name, sweep_name, out, workspace, db_url):
     """Store per cell (evaluate key) and metric the value and a tolerance (per-metric default, seed spread)."""
-    from bench import report as rp
+    from bench import reports as rp
     from bench.db.baselines import save_baseline
 
     storage = storage_for(workspace, db_url, create=False)
@@ -226,7 +254,7 @@ def _stored_baseline(storage, name: str):
         labels = cells_frame(storage, info["sweep"])
         cols = ["key", "dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed"]
         frame = frame.merge(labels[[c for c in cols if c in labels]].drop_duplicates("key"), on="key", how="left")
-    from bench.report import better_of
+    from bench.reports import better_of
     return frame.assign(better=frame["metric"].map(better_of))
 
 
@@ -242,44 +270,74 @@ def _read_baseline_csv(file: Path):
 
 # -- check -----------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("sweep_arg", metavar="[SWEEP]", required=False)
+@click.argument("sweep_arg", metavar="[SWEEP|RECORD.csv]", required=False)
 @click.option("--sweep", "sweep_name", default=None, help="The sweep to check (or give it as SWEEP).")
-@click.option("--baseline", "--against", "against", required=True, metavar="NAME|FILE.csv",
+@click.option("--baseline", "--against", "against", default=None, metavar="NAME|FILE.csv",
               help="A stored baseline name or a baseline CSV (reports/baselines/NAME.csv).")
+@click.option("--claims", "claims_file", default=None, metavar="NAME|FILE.yaml",
+              help="A paper's claims (reports/claims/NAME.yaml): one verdict per claim.")
+@click.option("--scale", default=None, help="The scale of a RECORD.csv without a scale column (e.g. mini).")
 @click.option("--verbose", is_flag=True, help="Print every value, not only the cells that moved.")
 @workspace_option
 @db_option
-def check(sweep_arg, sweep_name, against, verbose, workspace, db_url):
-    """Compare a sweep with a baseline: one verdict per cell (pass, warn, fail, insufficient).
+def check(sweep_arg, sweep_name, against, claims_file, scale, verbose, workspace, db_url):
+    """Compare a sweep with a baseline (one verdict per cell: pass, warn, fail, insufficient) and/or check a
+    paper's claims on it (holds, fails, not testable).
 
     A value fails when it is worse than the baseline by more than its tolerance in the metric's direction
-    (ASR lower is better; BA, RA and detection metrics higher); exit code 1 on any fail.
+    (ASR lower is better; BA, RA and detection metrics higher). The claims also run on a committed record
+    (a baseline or export CSV given as RECORD.csv). Exit code 1 on any fail, 2 for bad input.
     """
-    import pandas as pd
-
-    from bench import report as rp
-
     sweep_name = sweep_name or sweep_arg
     if not sweep_name:
-        raise click.UsageError("name the sweep: bench check SWEEP --baseline NAME")
-    storage = storage_for(workspace, db_url, create=False)
-    frame = _sweep_frame(storage, sweep_name)
+        raise click.UsageError("name the sweep: bench check SWEEP --baseline NAME (or --claims FILE)")
+    if not against and not claims_file:
+        raise click.UsageError("give --baseline NAME|FILE.csv, --claims FILE, or both")
+    record = Path(sweep_name)
+    if record.suffix == ".csv":
+        if against:
+            raise click.BadParameter("a RECORD.csv takes --claims only", param_hint="'--baseline'")
+        if not record.exists():
+            raise click.BadParameter(f"{record}: no such record file", param_hint="'SWEEP'")
+        from bench.reports.claims import record_from_csv
+        storage, frame = None, record_from_csv(record)
+    else:
+        storage = storage_for(workspace, db_url, create=False)
+        frame = _sweep_frame(storage, sweep_name)
+    verdicts = _claims(claims_file, frame, scale) if claims_file else []
+    failed = _check_baseline(storage, frame, against, verbose) if against else False
+    _echo_claims(verdicts)
+    sys.exit(1 if failed or any(v.verdict == "fails" for v in verdicts) else 0)
+
+
+def _check_baseline(storage, frame, against: str, verbose: bool) -> bool:
+    """Print the cells that moved against the baseline; True when any value fails."""
+    import pandas as pd
+
+    from bench import reports as rp
+    from bench.reports.gate import NOT_TAKEN, with_before
+
     path = Path(against)
     if path.suffix == ".csv" and not path.exists():
         raise click.BadParameter(f"{path}: no such baseline file", param_hint="'--baseline'")
     base = _read_baseline_csv(path) if path.suffix == ".csv" else _stored_baseline(storage, against)
     result = rp.compare(frame, base)
     cells = rp.cell_verdicts(result)
+    gate = with_before(frame).set_index("key")["gate"].to_dict() if len(frame) else {}
+    cells["gate"] = cells["our_key"].map(lambda k: NOT_TAKEN if gate.get(k) == NOT_TAKEN else "")
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 120):
-        shown = cells if verbose else cells[cells["verdict"] != "pass"]
+        shown = cells if verbose else cells[(cells["verdict"] != "pass") | (cells["gate"] != "")]
         if len(shown):
-            click.echo(shown.drop(columns=["key"]).assign(key=shown["key"].str[:12]).to_string(index=False))
+            click.echo(shown.drop(columns=["key", "our_key"]).assign(key=shown["key"].str[:12])
+                       .to_string(index=False))
     counts = cells["verdict"].value_counts().to_dict()
-    click.echo(f"{len(cells)} cells: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in rp.VERDICT_ORDER))
-    extra = sorted(set(frame["key"]) - set(base["key"]))
+    click.echo(f"{len(cells)} cells: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in rp.VERDICT_ORDER)
+               + (f"; {int((cells['gate'] != '').sum())} of them: {NOT_TAKEN}" if (cells["gate"] != "").any()
+                  else ""))
+    extra = rp.unmatched_cells(frame, result)
     if extra:
         click.echo(f"{len(extra)} cells of the sweep are not in the baseline (not checked)")
-    sys.exit(1 if counts.get("fail") else 0)
+    return bool(counts.get("fail"))
 
 
 COMMANDS = (report, baseline, check)

@@ -3,7 +3,9 @@
 Each registered builder takes its frozen config and the data root and returns a full ``DataBundle``; the
 options every dataset shares (``train_limit``/``test_limit`` for the mini profile) are applied here, once.
 Embedded: ``digits`` (scikit-learn's bundled 8x8 digits, the default that needs no download) and
-``synthetic`` (generated, for tests).  The torchvision / ImageFolder datasets live in ``bench.data.sources``.
+``synthetic`` (generated, for tests).  The torchvision / ImageFolder datasets live in ``bench.data.sources``,
+which builds on this module; the dataset registry loads both (bench/registry.py), so neither imports the other
+back.
 """
 from __future__ import annotations
 
@@ -136,9 +138,3 @@ def synthetic(cfg: SyntheticConfig, root: Path | None) -> DataBundle:
     mean, std = stats(train.images)
     return DataBundle("synthetic", train, test, cfg.num_classes, mean, std,
                       tuple(f"c{i}" for i in range(cfg.num_classes)), f"generated:seed={cfg.seed}")
-
-
-import importlib.util  # noqa: E402
-
-if importlib.util.find_spec("bench.data.sources"):  # torchvision / ImageFolder datasets
-    importlib.import_module("bench.data.sources")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.db.storage import Storage
+from bench.launch.pull import WorkerOptions
 
 
 @dataclass(frozen=True)
@@ -32,18 +33,22 @@ class SlurmOptions:
     extra: dict[str, Any] = field(default_factory=dict)   # more sbatch options, e.g. {'account': 'x'}
 
 
-def worker_task(args: list[str]) -> int:
-    """What each array task runs (pickled by submitit): ``bench worker ARGS`` in this process."""
-    from bench.cli import main
+def worker_task(db_url: str, store_root: str, worker: WorkerOptions) -> int:
+    """What each array task runs (pickled by submitit): one pull worker in this process, as ``bench worker``
+    runs it. The CLI builds the options; nothing here imports bench.cli, so the two modules stay acyclic."""
+    from bench.launch.pull import PullWorker
 
-    code = main(["worker", *args], standalone_mode=False)
-    if code:
-        raise RuntimeError(f"bench worker exited with code {code}")
+    report = PullWorker(Storage(db_url), store_root, worker, log=print).run()
+    print(f"worker exits: {report.reason}; {report.ran} jobs ran, {len(report.failed)} failed, "
+          f"{report.released} released, {report.lost} taken over", flush=True)
+    if report.failed:
+        raise RuntimeError(f"bench worker: {len(report.failed)} jobs failed")
     return 0
 
 
-def submit(worker_args: list[str], opts: SlurmOptions, name: str) -> list[Any]:
-    """Submit ``opts.array_size`` tasks of ``bench worker worker_args`` as one job array; returns submitit jobs."""
+def submit(db_url: str, store_root: str, worker: WorkerOptions, opts: SlurmOptions, name: str) -> list[Any]:
+    """Submit ``opts.array_size`` tasks of one pull worker each (``worker``) as one job array; returns submitit
+    jobs."""
     import submitit
 
     executor = submitit.SlurmExecutor(folder=opts.folder / "%j", max_num_timeout=0)
@@ -60,7 +65,8 @@ def submit(worker_args: list[str], opts: SlurmOptions, name: str) -> list[Any]:
     if opts.extra:
         params["additional_parameters"] = dict(opts.extra)
     executor.update_parameters(**params)
-    return executor.map_array(worker_task, [list(worker_args)] * opts.array_size)
+    n = opts.array_size
+    return executor.map_array(worker_task, [db_url] * n, [str(store_root)] * n, [worker] * n)
 
 
 def tasks_left(jobs: list[Any]) -> int:

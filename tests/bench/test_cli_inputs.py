@@ -61,7 +61,7 @@ def test_set_and_only_accept_1e_minus_4(tmp_path, workspace):
 
 
 def test_a_report_spec_accepts_5e_minus_2(tmp_path):
-    from bench.report import load_spec
+    from bench.reports import load_spec
 
     spec = load_spec(write(tmp_path, "name: sci\nsweep: tiny\nrows: [dataset]\nfilters: {clean_ratio: 5e-2}\n"
                                      "groups: [{label: Before, where: {defense: none}}]\n", "sci.yaml"))

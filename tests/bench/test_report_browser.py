@@ -1,6 +1,6 @@
 """The HTML report as a browser renders it: headless Chromium loads the self-contained page, and the test
-reads back the rendered cell text, the computed bold / underline of the best / second-best cells, and saves a
-screenshot (kept under pytest's tmp dir). Skips, saying why, where no Chromium is installed (.ci/run installs
+reads back the rendered cell text, the computed bold / underline of the best / second-best cells, the claims'
+verdicts above the table (text and colour), and saves a screenshot (kept under pytest's tmp dir). Skips, saying why, where no Chromium is installed (.ci/run installs
 Debian's chromium)."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import report as rp
+from bench import reports as rp
+from bench.reports import claims as cl
 
 CHROMIUM = next((p for p in (os.environ.get("BENCH_CHROMIUM"), shutil.which("chromium"),
                              shutil.which("chromium-browser"), shutil.which("google-chrome"), "/usr/bin/chromium")
@@ -32,7 +33,14 @@ document.addEventListener('DOMContentLoaded', () => {
               underline: getComputedStyle(v.firstElementChild || v).textDecorationLine.includes('underline'),
               cls: td.className, visible: td.getBoundingClientRect().width > 0});
   }
-  const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);
+  const claims = [];
+  for (const tr of document.querySelectorAll('#claims tbody tr')) {
+    const v = tr.querySelector('td.verdict');
+    claims.push({id: tr.dataset.claim, verdict: v.innerText.trim(), color: getComputedStyle(v).color,
+                 above: tr.getBoundingClientRect().bottom < document.getElementById('results').getBoundingClientRect().top});
+  }
+  const pre = document.createElement('pre'); pre.id = 'probe';
+  pre.textContent = JSON.stringify({cells: out, claims: claims});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -72,6 +80,18 @@ SPEC = rp.spec_from_dict({"name": "browser", "title": "Browser & <render> test",
                                                                                       "blend": "Blend"}}})
 
 
+def _claim(cid, check, where=None):
+    return cl.Claim(id=cid, source="test", quote=f"the claim {cid}", check=check, for_each=("attack",),
+                    where=where or {})
+
+
+# A is the lowest ASR of A and B on both rows (holds), B is not (fails), C has no Blend cell (not testable)
+CLAIMS = [_claim("a-best", {"kind": "rank", "metric": "asr", "subject": {"defense": "a"}, "among": {"defense": ["a", "b"]}}),
+          _claim("b-best", {"kind": "rank", "metric": "asr", "subject": {"defense": "b"}, "among": {"defense": ["a", "b"]}}),
+          _claim("c-low", {"kind": "threshold", "metric": "asr", "subject": {"defense": "c"}, "op": "<", "value": 0.5},
+                 where={"attack": "blend"})]
+
+
 class _Text(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -93,7 +113,7 @@ class _Text(HTMLParser):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     out = tmp_path_factory.mktemp("browser")
-    html = rp.render_html(rp.build_table(frame(), SPEC))
+    html = rp.render_html(rp.build_table(frame(), SPEC), claims=cl.evaluate(CLAIMS, frame()))
     report = out / "report.html"
     report.write_text(html)
     probed = out / "probed.html"
@@ -101,16 +121,24 @@ def page(tmp_path_factory):
     return out, report, probed
 
 
-def test_chromium_renders_cells_marks_and_footnote(page):
+@pytest.fixture(scope="module")
+def dom(page):
+    """The probed page after Chromium laid it out: its text and the probe's JSON (cells, claims)."""
     out, _report, probed = page
     run = chromium("--dump-dom", "--virtual-time-budget=5000", probed.as_uri(), profile=out / "profile-dom")
     assert run.returncode == 0, run.stderr[-2000:]
     parser = _Text()
     parser.feed(run.stdout)
+    return parser
+
+
+def test_chromium_renders_cells_marks_and_footnote(dom):
+    parser = dom
     text = " ".join(" ".join(parser.parts).split())
     assert "Browser & <render> test" in text                    # the escaped title renders as written
     assert "mean ± std over seeds (n = 2 per cell" in text and rp.MISSING_NOTE in text
-    cells = json.loads(parser.probe)
+    probe = json.loads(parser.probe)
+    cells = probe["cells"]
     assert len(cells) == 2 * 4 * 2 and all(c["visible"] for c in cells)
     # row BadNets: Before, A, B, C x (ASR, BA); ASR lower is better, BA higher
     badnets = [c["text"] for c in cells[:8]]
@@ -125,6 +153,15 @@ def test_chromium_renders_cells_marks_and_footnote(page):
     assert [c["text"] for c in blend[6:]] == ["—†", "—†"] and all("missing" in c["cls"] for c in blend[6:])
     assert [int(c["weight"]) >= 600 for c in blend] == [False, False, True, False, False, True, False, False]
     assert not any(c["underline"] for c in blend)
+
+
+def test_chromium_shows_the_claims_verdicts_above_the_table(dom):
+    claims = json.loads(dom.probe)["claims"]
+    assert [(c["id"], c["verdict"]) for c in claims] == [("a-best", "holds"), ("b-best", "fails"),
+                                                           ("c-low", "not testable")]
+    assert all(c["above"] for c in claims)
+    colours = {c["verdict"]: c["color"] for c in claims}
+    assert colours["holds"] == "rgb(26, 127, 55)" and colours["fails"] == "rgb(180, 35, 24)"
 
 
 def test_chromium_screenshot_of_the_report(page):

@@ -11,7 +11,7 @@ import pytest
 from benchtest import tiny_sweep
 from click.testing import CliRunner
 
-from bench import report as rp
+from bench import reports as rp
 from bench.cli import main
 from bench.cli.options import artifacts_root
 from bench.db.storage import Storage, default_url

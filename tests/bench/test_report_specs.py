@@ -9,13 +9,14 @@ import math
 import pandas as pd
 import pytest
 
-from bench import report as rp
+from bench import reports as rp
 from bench.registry import REGISTRIES
 
 SWEEPS = {"mcl_table1": "table1", "mcl_table2": "mcl_table2", "mcl_table3": "mcl_table3",
           "mcl_table5": "mcl_table5", "mcl_table6": "mcl_table6", "dbr_table1": "dbr_table1",
           "dbr_table2": "dbr_table2", "dbr_table3": "dbr_table3", "lfd_table2": "lfd_table2",
-          **{f"ssl_table{i}": f"ssl_table{i}" for i in range(1, 8)}}
+          **{f"ssl_table{i}": f"ssl_table{i}" for i in range(1, 8)},
+          "released_nad": "released_nad", "released_abl": "released_abl"}
 # paper rows bdbench has no plugin for yet: the specs keep them (rendered '—') and say so in a note
 NOT_IMPLEMENTED = {("attack", "dynamic"), ("attack", "l2_invisible"), ("attack", "ssl_adaptive")}
 
@@ -141,3 +142,25 @@ def test_ssl_table3_lays_the_ablation_out_as_column_groups():
     assert out[("AE + filtering + relabeling", "clean_kept")] == "87.78"          # 79 of the 90 clean images
     comp = rp.paper_vs_ours(table, rp.load_reference("ssl_table3")).set_index(["group", "metric"])
     assert comp.loc[("SimCLR + filtering + relabeling", "asr"), "diff"] == pytest.approx(0.0)
+
+
+def test_released_specs_put_our_change_from_before_beside_the_authors_numbers():
+    """Δ = a defense's value minus the 'none' cell of the same model (a JPEG test set lowers BA before any
+    defense, so the change is what compares with NAD's README)."""
+    config = {"dataset": {"name": "cifar10"}, "model": {"name": "wrn16_1", "checkpoint": "x"},
+              "recipe": {"name": "mcl_paper"}, "attack": {"name": "badnets", "target": 5}, "seed": 0}
+    rows = []
+    for i, (defense, ba, asr) in enumerate([("none", 0.80, 1.0), ("ft", 0.78, 0.20), ("nad", 0.77, 0.05)]):
+        cfg = {**config, "defense": {"name": defense}, "clean_ratio": 0.05}
+        rows.append({"sweep": "released_nad", "dataset": "cifar10", "model": "wrn16_1", "recipe": "mcl_paper",
+                     "attack": "badnets", "defense": defense, "clean_ratio": 0.05, "seed": 0, "ba": ba, "asr": asr,
+                     "key": f"k{i}", "config": json.dumps(cfg)})
+    table = rp.build_table(pd.DataFrame(rows), rp.load_spec("released_nad"))
+    out = rp.table_frame(table).set_index(["group", "metric"])
+    assert out.loc[("FT", "ba_delta"), "mean"] == pytest.approx(-2.0)
+    assert out.loc[("NAD", "asr_delta"), "mean"] == pytest.approx(-95.0)
+    assert out.loc[("Before", "asr_delta"), "mean"] == pytest.approx(0.0)
+    comp = rp.paper_vs_ours(table, rp.load_reference("released_nad")).set_index(["group", "metric"])
+    assert comp.loc[("NAD", "asr_delta"), "paper"] == pytest.approx(-96.43)
+    assert comp.loc[("NAD", "asr_delta"), "diff"] == pytest.approx(1.43)
+    assert comp.loc[("FT", "ba"), "paper"] == pytest.approx(82.32)
