@@ -139,10 +139,10 @@ def test_the_gate_marks_a_backdoor_that_did_not_take_everywhere(ws, tmp_path):
     table = pd.read_csv(out / "weak.csv")
     assert (table["gate"] == "attack did not take").all() and table["mark"].isna().all()
     assert r"\ddag" in (out / "weak.tex").read_text()
-    exported = pd.read_csv(io.StringIO(bench(ws, "export", "--sweep", "weak").output))
+    exported = pd.read_csv(io.StringIO(bench(ws, "export", "--sweep", "weak").stdout))
     assert (exported["gate"] == "attack did not take").all()
     assert exported.loc[exported["defense"] == "ft", "asr_delta"].round(4).tolist() == [-0.48, -0.49]
-    tiny = pd.read_csv(io.StringIO(bench(ws, "export", "--sweep", "tiny").output))
+    tiny = pd.read_csv(io.StringIO(bench(ws, "export", "--sweep", "tiny").stdout))
     assert (tiny["gate"] == "ok").all()
     key = exported.loc[exported["defense"] == "ft", "key"].iloc[0]
     assert "gate: attack did not take" in bench(ws, "show", key[:16]).output

@@ -205,7 +205,7 @@ def test_bench_check_rejects_a_claims_typo_with_exit_2(tmp_path):
     syntax = tmp_path / "syntax.yaml"
     syntax.write_text("claims:\n  - {id: a\n")
     run = CliRunner().invoke(main, ["check", str(ROOT / "reports/baselines/table1_mini.csv"), "--claims", str(syntax)])
-    assert run.exit_code == 2 and f"{syntax}:3:1: YAML syntax error" in run.output
+    assert run.exit_code == 2 and f"{syntax}: not valid YAML: line 3, column 1" in run.output
 
 
 def test_the_transcribed_all_defenses_record_takes_dotted_options_from_its_configs():
