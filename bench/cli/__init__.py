@@ -244,6 +244,7 @@ def worker(ctx, workspace, db_url, data_root, sweep_name, max_jobs, until_empty,
     """
     from bench.launch.pull import PullWorker, WorkerOptions
 
+    _check_device(device)
     storage = storage_for(workspace, db_url)
     if sweep_name and sweep_name not in storage.sweep_names():
         from bench.config import closest

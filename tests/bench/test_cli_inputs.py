@@ -151,6 +151,7 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, workspace, monkeypatc
     (["sweep", "{path}", "--bogus"], "No such option"),
     (["sweep", "{path}", "--workers", "-1"], "--workers"),
     (["sweep", "{path}", "--device", "gpu"], "valid: auto, cpu, cuda, cuda:N"),
+    (["worker", "--device", "tpu"], "valid: auto, cpu, cuda, cuda:N"),
     (["sweep", "{path}", "--profile", "minii"], "did you mean 'mini'"),
     (["sweep", "{path}", "--only", "datset=digits"], "did you mean 'dataset'"),
     (["sweep", "{path}", "--set", "seeds"], "expected KEY=VALUE"),
