@@ -43,13 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from bench import budget
 from bench.config import ConfigError, closest, coerce, hints_of, is_sequence_type, load_yaml, to_plain
 from bench.registry import DATASETS, MODELS, RECIPES, REGISTRIES, Registry
 
 TOP_KEYS = ("name", "description", "seeds", "grid", "zip", "include", "exclude", "profile", "curves")
 GRID_KEYS = ("dataset", "model", "recipe", "attack", "defense", "clean_ratio", "clean_stratified")
 COMPONENTS = ("dataset", "model", "recipe", "attack", "defense")
-OVERLAY_KEYS = ("name", "description", "scale") + COMPONENTS
+OVERLAY_KEYS = ("name", "description", "scale", "budget") + COMPONENTS
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "profiles"
 
 
@@ -68,6 +69,9 @@ class Cell:
     curves: bool = False
     profile: str | None = None
     scale: str = "full"             # the profile's ``scale`` (e.g. mini); "full" without a profile
+    # recipe and defense as resolved without the profile (what the profile's step budget scaled from); not
+    # part of the cell's identity
+    paper: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def label(self) -> dict[str, Any]:
         """The short, human-facing identity of the cell (for tables and ``bench ls``)."""
@@ -76,7 +80,7 @@ class Cell:
                 "seed": self.seed}
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "paper"}
 
 
 @dataclass
@@ -140,7 +144,7 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
         if not raw:
             raise ConfigError("--only", f"no cell of the sweep matches {keep}")
     cells, seen = [], set()
-    resolver = _Resolver(prof_overlay, set_overlay)
+    resolver = _Resolver(prof_overlay, set_overlay, bool(profile))
     for _path, entry in raw:
         for seed in seeds:
             cell = resolve_cell(entry, seed, prof_overlay, set_overlay, curves, profile, resolver)
@@ -222,6 +226,9 @@ def _check_overlay(overlay: Mapping[str, Any], where: str) -> None:
     for key, value in overlay.items():
         if key not in OVERLAY_KEYS:
             raise ConfigError(f"{where}.{key}", f"unknown key; {closest(key, OVERLAY_KEYS)}")
+        if key == "budget":
+            budget.check_caps(value, f"{where}.budget")
+            continue
         if key in COMPONENTS and not isinstance(value, Mapping):
             raise ConfigError(f"{where}.{key}", "expected a mapping of options or of per-name options")
         if key == "model":
@@ -416,35 +423,54 @@ def _resolve(kind: str, spec: Any, path: str, overlays: list[tuple[str, Mapping]
 
 
 class _Resolver:
-    """Memoised ``_resolve``: a 10,000-cell grid has only a few distinct entries per component."""
+    """Memoised ``_resolve``: a 10,000-cell grid has only a few distinct entries per component.
 
-    def __init__(self, profile: Mapping, sets: Mapping):
+    With a profile, a recipe or defense is first resolved without it (the paper-scale config, kept in
+    ``paper``); the profile's step budget (bench/budget.py) derives the scaled schedule fields and mapped
+    models from it, below the profile's and ``--set``'s explicit values.
+    """
+
+    def __init__(self, profile: Mapping, sets: Mapping, scaled: bool = False):
+        self.profile, self.scaled = profile, scaled
         self.overlays = [("profile", profile), ("--set", sets)]
         self.memo: dict[tuple, dict] = {}
+        self.paper: dict[tuple, dict] = {}
 
-    def __call__(self, kind: str, spec: Any, path: str, dataset: str | None) -> dict:
-        key = (kind, repr(spec), dataset)
+    def __call__(self, kind: str, spec: Any, path: str, dataset: str | None, ds: Mapping | None = None) -> dict:
+        key = (kind, repr(spec), dataset, repr(ds))
         if key not in self.memo:
-            self.memo[key] = _resolve(kind, spec, path, self.overlays, dataset)
+            overlays = self.overlays
+            if ds is not None:
+                paper = self.paper[key] = _resolve(kind, spec, path, [], dataset)
+                if self.scaled:
+                    derived = budget.scaled(kind, paper, ds, self.profile)
+                    overlays = [("profile budget", {kind: {paper["name"]: derived}}), *overlays]
+            self.memo[key] = _resolve(kind, spec, path, overlays, dataset)
         return dict(self.memo[key])
+
+    def cell_paper(self, *keys: tuple) -> dict[str, Any]:
+        return {k[0]: self.paper[k] for k in keys if k in self.paper}
 
 
 def resolve_cell(raw: Mapping[str, Any], seed: int, profile: Mapping, sets: Mapping, curves: bool,
                  profile_name: str | None, resolver: _Resolver | None = None) -> Cell:
     paths = raw.get("_paths", {})
-    res = resolver or _Resolver(profile, sets)
+    res = resolver or _Resolver(profile, sets, bool(profile_name))
     ds = res("dataset", raw["dataset"], paths.get("dataset", "dataset"), None)
     name = ds["name"]
+    recipe = res("recipe", raw["recipe"], paths.get("recipe", "recipe"), name, ds)
+    defense = res("defense", raw["defense"], paths.get("defense", "defense"), name, ds)
+    paper = res.cell_paper(*[(k, repr(raw[k]), name, repr(ds)) for k in ("recipe", "defense")])
     return Cell(
         dataset=ds,
         model=res("model", raw["model"], paths.get("model", "model"), name),
-        recipe=res("recipe", raw["recipe"], paths.get("recipe", "recipe"), name),
+        recipe=recipe,
         attack=res("attack", raw["attack"], paths.get("attack", "attack"), name),
-        defense=res("defense", raw["defense"], paths.get("defense", "defense"), name),
+        defense=defense,
         clean_ratio=_ratio(raw["clean_ratio"], paths.get("clean_ratio", "clean_ratio")),
         clean_stratified=coerce(raw["clean_stratified"], bool, paths.get("clean_stratified", "clean_stratified")),
         seed=seed, curves=curves, profile=profile_name,
-        scale=(profile or {}).get("scale", profile_name) if profile_name else "full",
+        scale=(profile or {}).get("scale", profile_name) if profile_name else "full", paper=paper,
     )
 
 

@@ -21,7 +21,7 @@ means (weights n/|D_non-candidate| and -n/|D_candidate|), so the dataset mean of
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -35,7 +35,8 @@ from bench.recipes import Recipe
 from bench.registry import register_defense
 from bench.train import fit
 
-Teacher = Literal["resnet_s", "resnet_s1", "resnet_s2", "resnet18", "vgg_s", "lenet_s", "mobilenetv2_s"]
+# small_cnn: the CPU stand-in a profile maps a teacher to (sweeps/profiles/mini.yaml), never a paper's teacher.
+Teacher = Literal["resnet_s", "resnet_s1", "resnet_s2", "resnet18", "vgg_s", "lenet_s", "mobilenetv2_s", "small_cnn"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class LfDConfig(DefenseConfig):
     beta: float = 1e-3                # §5 Defense Setup (GTSRB 3e-3: per_dataset); Fig. 4c
     weighting: Literal["wga", "ga", "none"] = "wga"         # Fig. 5: (c) Eq. 6, (b) Eq. 5, (a) no ascent
     teacher: Teacher = "resnet_s"     # §5 Defense Setup; Fig. 4a / Fig. 6 compare the others
+    teacher_options: dict = field(default_factory=dict)   # the teacher model's own options (a profile's map)
     teacher_epochs: int = 5           # "a few epochs" (§4 Stage 1); Fig. 2 measures at the fifth epoch
     teacher_lr: float = 1e-3          # §5: Adam 1e-3, zero weight decay (the paper's one training setting)
     teacher_batch_size: int = 128     # not stated
@@ -113,7 +115,7 @@ class LearningFromDistinction(Defense):
         """Stage 1; with curves on, also the per-sample losses after every epoch (Fig. 1/2/6)."""
         info = ctx.info
         model = create_model(self.cfg.teacher, info.num_classes, info.in_channels, info.image_size, info.mean,
-                             info.std)
+                             info.std, **self.cfg.teacher_options)
         history: list[torch.Tensor] = []
 
         def on_epoch(epoch: int, m: nn.Module) -> None:

@@ -286,6 +286,11 @@ def _dry_run(sw, graph, workspace: Path, db_url: str | None, data_root) -> None:
     for k in broken:
         click.echo(f"{graph.jobs[k].stage} job {k[:12]}: stored artifact missing or corrupt; it runs again "
                    "when a job needs it")
+    from bench.budget import job_lines
+
+    lines = job_lines(graph)
+    if lines:
+        click.echo("  optimizer steps and samples seen per job (this scale / paper scale):\n" + "\n".join(lines))
 
 
 @main.command(name="ls")
