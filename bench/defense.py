@@ -52,7 +52,8 @@ class DefenseContext:
         info: dataset facts (classes, channels, size, mean/std).
         model: the backdoored model (post_training), on ``device``, in eval mode.
         clean: the defender's clean subset (uint8 images + true labels), without its validation slice.
-        clean_val: the held-out validation slice of the clean subset (for early stopping / thresholds).
+        clean_val: the held-out validation slice of the clean subset (for early stopping / thresholds); only for
+            a defense with ``uses_clean_val`` (else None, and ``clean`` is the whole subset).
         train: the poisoned training set as the defender sees it (images + possibly wrong labels).
         true_trigger: the attack's own trigger (privileged knowledge, e.g. MCL(True)); marked in reports.
         recipe: the cell's training recipe; new_model(): a fresh model of the cell's architecture.
@@ -108,6 +109,9 @@ class Defense:
     paradigm: ClassVar[Paradigm] = "post_training"
     needs: ClassVar[frozenset[str]] = frozenset()
     privileged: ClassVar[tuple[str, ...]] = ()     # knowledge a paper granted (e.g. "target class"), for reports
+    # True: the runner holds out every 10th image of the clean subset as ``ctx.clean_val`` (thresholds, early
+    # stopping, a stopping rule); False: the defense gets the whole clean subset and no validation slice.
+    uses_clean_val: ClassVar[bool] = False
     name: ClassVar[str]
     version: ClassVar[int]
 
@@ -124,10 +128,22 @@ class Defense:
         raise NotImplementedError(f"{type(self).__name__}.run")
 
 
-def top_flags(scores: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+def top_flags(scores: torch.Tensor, k: int, largest: bool = True,
+              generator: torch.Generator | None = None) -> torch.Tensor:
     """Flags (bool [n]) of the ``k`` highest scores (the ``k`` lowest with ``largest=False``); k is clipped to
-    [0, n].  The flagging step shared by the detectors that remove or isolate a fixed count (SS, ABL, DBD)."""
-    flags = torch.zeros(len(scores), dtype=torch.bool)
-    flags[torch.argsort(scores, descending=largest)[:max(0, min(k, len(scores)))]] = True
-    return flags
+    [0, n].  The flagging step shared by the detectors that remove or isolate a fixed count (SS, ABL, DBD).
 
+    Ties at the cut are broken by a random permutation drawn from ``generator`` (pass the cell's, e.g.
+    ``ctx.generator("ss.ties")``; None: a fixed seed), never by index: training sets are stored in class order,
+    so an index order would fill the cut class by class.
+    """
+    return torch.zeros(len(scores), dtype=torch.bool).index_fill_(
+        0, seeded_order(scores, largest, generator)[:max(0, min(k, len(scores)))], True)
+
+
+def seeded_order(scores: torch.Tensor, descending: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices that sort ``scores`` (a CPU tensor), equal scores in a seeded random order instead of by index."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(scores), generator=gen)
+    return perm[torch.argsort(scores.cpu()[perm], descending=descending, stable=True)]

@@ -69,6 +69,8 @@ def cell_jobs(cell: Cell) -> list[Job]:
     defend_cfg: dict[str, Any] = {"defense": cell.defense, "seed": cell.seed, "curves": cell.curves}
     if "clean_subset" in defense_cls.needs:
         defend_cfg |= {"clean_ratio": cell.clean_ratio, "clean_stratified": cell.clean_stratified}
+        if not defense_cls.uses_clean_val:      # the whole subset, no held-out slice (keys of the others unchanged)
+            defend_cfg["clean_val"] = False
     if defense_cls.paradigm == "post_training" and "backdoored_model" in defense_cls.needs:
         train = make_job("train", "train", TRAIN_VERSION,
                          {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, poison)

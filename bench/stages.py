@@ -201,8 +201,9 @@ def build_context(defense: Defense, chain: dict[str, Any], bundle: DataBundle, p
         ctx.model = backdoored
     if "clean_subset" in needs:
         split = clean_subset(bundle.train.labels, poisoned.kind != CLEAN, chain["clean_ratio"], seed,
-                             chain.get("clean_stratified", False))
-        ctx.clean, ctx.clean_val = bundle.train.subset(split.fit), bundle.train.subset(split.val)
+                             chain.get("clean_stratified", False), val_every=10 if defense.uses_clean_val else 0)
+        ctx.clean = bundle.train.subset(split.fit)
+        ctx.clean_val = bundle.train.subset(split.val) if len(split.val) else None
     if "poisoned_train" in needs:
         ctx.train = train
     if "true_trigger" in needs:

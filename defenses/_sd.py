@@ -29,7 +29,7 @@ from torch import nn
 
 from bench.augment import augment
 from bench.data.imageset import ImageSet
-from bench.defense import DefenseConfig
+from bench.defense import DefenseConfig, seeded_order
 from bench.train import batch_indices, gen_for_device
 
 Transform = Literal["rotate_affine", "rotate", "translate", "flip", "crop", "blur", "erase"]
@@ -267,13 +267,18 @@ def abl_lga_scores(model: nn.Module, data: ImageSet, cfg: SDConfig, gen: torch.G
 # ---------------------------------------------------------------------------------------------------------
 
 
-def split_by_score(scores: torch.Tensor, alpha_c: float, alpha_p: float) -> Split:
-    """Bottom floor(N alpha_c) scores -> D_c, top floor(N alpha_p) -> D_p, the rest -> D_u (disjoint)."""
+def split_by_score(scores: torch.Tensor, alpha_c: float, alpha_p: float,
+                   generator: torch.Generator | None = None) -> Split:
+    """Bottom floor(N alpha_c) scores -> D_c, top floor(N alpha_p) -> D_p, the rest -> D_u (disjoint).
+
+    Equal scores are ordered by a permutation from ``generator`` (the defense's seeded stream), not by index:
+    the training set is stored in class order, and index order filled D_c class by class (issue 17).
+    """
     n = len(scores)
     n_c, n_p = int(math.floor(n * alpha_c)), int(math.floor(n * alpha_p))
     if n_c + n_p > n:
         raise ValueError(f"alpha_c + alpha_p = {alpha_c + alpha_p} > 1")
-    order = torch.argsort(scores, stable=True)
+    order = seeded_order(scores, generator=generator)
     return Split(scores, order[:n_c].sort().values, order[n - n_p:].sort().values,
                  order[n_c:n - n_p].sort().values)
 
@@ -292,4 +297,4 @@ def distinguish(train: ImageSet, new_model: Callable[[], nn.Module], cfg: SDConf
             feats, logits = _features_logits(model, data.images)
             labels = data.labels.cpu()
             scores = spectral_scores(feats, labels) if cfg.sd_metric == "spectral" else sce_scores(logits, labels)
-    return split_by_score(scores.float().cpu(), cfg.alpha_c, cfg.alpha_p)
+    return split_by_score(scores.float().cpu(), cfg.alpha_c, cfg.alpha_p, gen)

@@ -110,9 +110,9 @@ def per_sample_loss(model: nn.Module, images_u8: torch.Tensor, labels: torch.Ten
     return torch.cat(out)
 
 
-def isolate(losses: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Flags (bool [N]) of the lowest-loss ``ratio`` of the samples (at least one): ABL's D_b."""
-    return top_flags(losses, max(1, int(round(ratio * len(losses)))), largest=False)
+def isolate(losses: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flags (bool [N]) of the lowest-loss ``ratio`` of the samples (at least one): ABL's D_b (ties: seeded)."""
+    return top_flags(losses, max(1, int(round(ratio * len(losses)))), largest=False, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class ABL(Defense):
         model = fit(ctx.new_model(), train, cfg.recipe(cfg.isolation_epochs, cfg.isolation_lr, cfg.isolation_augment),
                     device=ctx.device, seed=ctx.seed, loss_fn=_isolation_loss(cfg), on_epoch=curve(0))
         losses = per_sample_loss(model, train.images, train.labels, ctx.device)
-        flags = isolate(losses, cfg.isolation_ratio)
+        flags = isolate(losses, cfg.isolation_ratio, ctx.generator("abl.ties"))
 
         # 2a. recovery: learn on the rest (D_c) with plain cross-entropy.
         rest = train.subset(torch.nonzero(~flags).flatten()) if cfg.recover_on == "rest" else train

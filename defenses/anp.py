@@ -214,6 +214,7 @@ class ANP(Defense):
     Config = ANPConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
+    uses_clean_val = True
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg = self.cfg

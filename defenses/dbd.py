@@ -206,7 +206,7 @@ class DBD(Defense):
 
         # §3.4: re-split by SCE loss before each epoch, MixMatch with the low-credible samples unlabelled.
         rng = np.random.default_rng(ctx.seed)
-        losses, flags = self._split(model, train, device)
+        losses, flags = self._split(model, train, device, ctx)
         reported = (losses, flags)
         for epoch in range(cfg.semi_epochs):
             labelled = train.subset(torch.nonzero(~flags).flatten())
@@ -219,14 +219,15 @@ class DBD(Defense):
             if ctx.curves.enabled and ctx.evaluate is not None:
                 ctx.curves.record(epoch + 1, **ctx.evaluate(model))
             if epoch + 1 < cfg.semi_epochs:
-                losses, flags = self._split(model, train, device)
+                losses, flags = self._split(model, train, device, ctx)
         if cfg.report_split == "last":
             reported = (losses, flags)
         return DefenseResult(model=model.eval(), scores=reported[0], flags=reported[1], trusted=~reported[1],
                              metrics={"low_credible": float(reported[1].sum())})
 
-    def _split(self, model: nn.Module, train: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, model: nn.Module, train: ImageSet, device: torch.device,
+               ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor]:
         """SCE losses and flags (True = low-credible: outside the ε lowest-loss fraction)."""
         losses = sce_per_sample(model, train, self.cfg, device)
         n_high = int(round(self.cfg.epsilon * len(losses)))
-        return losses, ~top_flags(losses, n_high, largest=False)
+        return losses, ~top_flags(losses, n_high, largest=False, generator=ctx.generator("dbd.ties"))

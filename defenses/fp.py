@@ -141,6 +141,7 @@ class FinePruning(Defense):
     Config = FPConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
+    uses_clean_val = True
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg = self.cfg

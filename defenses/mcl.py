@@ -191,6 +191,7 @@ class MCL(Defense):
     Config = MCLConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
+    uses_clean_val = True
     per_dataset = {"gtsrb": {"lr": 0.01}, "imagenet_subset": {"inv_lambda": 0.001}}
 
     def __init__(self, cfg: MCLConfig):

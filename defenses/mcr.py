@@ -136,6 +136,7 @@ class MCR(Defense):
     Config = MCRConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
+    uses_clean_val = True
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg = self.cfg

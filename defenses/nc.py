@@ -110,6 +110,7 @@ class NeuralCleanse(Defense):
     Config = NCConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
+    uses_clean_val = True
     per_dataset = {"gtsrb": {"lr": 0.01}, "imagenet_subset": {"init_cost": 0.001}}
 
     def __init__(self, cfg: NCConfig):

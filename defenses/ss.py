@@ -82,6 +82,7 @@ class SpectralSignatures(Defense):
         model = train_on_poisoned(ctx, cfg.teacher_epochs, cfg.teacher_augment)
         feats = embed(model, train.images, ctx.device)
         flags, scores = torch.zeros(len(train), dtype=torch.bool), torch.zeros(len(train))
+        ties = ctx.generator("ss.ties")
         for idx in class_groups(train, cfg.target_class):
             if len(idx) < 2:
                 continue
@@ -90,5 +91,5 @@ class SpectralSignatures(Defense):
             if cfg.percentile is not None:
                 flags[idx] = s > torch.quantile(s.double(), cfg.percentile / 100).float()
             else:
-                flags[idx] = top_flags(s, self.removal_count(len(idx), len(train)))
+                flags[idx] = top_flags(s, self.removal_count(len(idx), len(train)), generator=ties)
         return DefenseResult(model=None, scores=scores, flags=flags)

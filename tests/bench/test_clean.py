@@ -57,3 +57,30 @@ def test_errors(data):
         clean_subset(labels, poisoned, 0.0, seed=0)
     with pytest.raises(ValueError, match="unpoisoned"):
         clean_subset(labels, poisoned, 1.0, seed=0)
+
+
+def test_only_a_defense_that_uses_the_validation_slice_has_it_carved_out():
+    """FT trains on the whole clean subset; FP (which stops pruning on the slice) gets 90 % + a 10 % slice."""
+    from defensetest import poisoned_digits
+
+    from bench.graph import cell_jobs
+    from bench.registry import DEFENSES
+    from bench.stages import build_context
+    from bench.sweep import build_sweep
+
+    bundle, attack, poisoned, train = poisoned_digits()
+    chain = {"model": {"name": "small_cnn"}, "recipe": {"name": "quick"}, "seed": 0, "clean_ratio": 0.1}
+    n = round(0.1 * len(bundle.train))
+
+    def context(name):
+        entry = DEFENSES.get(name)
+        return build_context(entry.obj(entry.parse({})), chain, bundle, poisoned, train, attack,
+                             torch.device("cpu"), None)
+
+    ft, fp = context("ft"), context("fp")
+    assert len(ft.clean) == n and ft.clean_val is None
+    assert len(fp.clean) + len(fp.clean_val) == n and len(fp.clean_val) == n // 10
+    doc = {"name": "t", "grid": {"dataset": "digits", "model": "small_cnn", "recipe": "quick", "attack": "none",
+                                 "defense": ["ft", "fp"]}}
+    defend = {c.defense["name"]: cell_jobs(c)[-2].config for c in build_sweep(doc, "t").cells}
+    assert defend["ft"]["clean_val"] is False and "clean_val" not in defend["fp"]   # FT's key records the change
