@@ -49,6 +49,7 @@ class Stage:
         epoch_samples / epoch_steps: a fixed epoch (MCR's 10,000 samples; DBD's ``semi_iterations`` steps).
         when: (field, value) - the stage runs only when that config field has that value.
         none_is_recipe: a None value means "the cell's recipe as it is" (AC's and SS's teacher).
+        runs: how many times the stage runs with this schedule (NAD: the teacher's fine-tune, then distillation).
     """
 
     unit: Unit
@@ -60,6 +61,7 @@ class Stage:
     epoch_steps: str | None = None
     when: tuple[str, Any] | None = None
     none_is_recipe: bool = False
+    runs: int = 1
 
 
 _SD = {"sd_train_epochs": Stage("train", "sd_batch_size"),
@@ -73,7 +75,7 @@ SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
     "recipe": {"*": {"epochs": Stage("train", follow=("milestones", "step_size"))}},
     "defense": {
         "ft": _FT,
-        "nad": _FT,
+        "nad": {"epochs": Stage("clean", follow=("milestones",), runs=2)},
         "fp": {"ft_epochs": Stage("clean")},
         "ibau": {"n_rounds": Stage("clean")},
         "anp": {"iterations": Stage("steps", counts="steps")},
@@ -230,6 +232,7 @@ def count(kind: str, cfg: Mapping[str, Any], recipe: Mapping[str, Any], n: int, 
             value = recipe["epochs"]
         if not value:
             continue
+        value *= stage.runs
         batch = recipe["batch_size"] if stage.batch == "recipe.batch_size" else cfg.get(stage.batch, 0)
         if stage.counts == "steps":
             steps, samples = steps + value, samples + value * batch

@@ -75,3 +75,12 @@ def test_gtsrb_overlay():
     from defensetest import DEFENSES
     entry, cfg = DEFENSES.resolve({"name": "lfd"}, "defense", "gtsrb")
     assert (cfg.alpha, cfg.beta) == (0.2, 3e-3)
+
+
+def test_a_mapped_teacher_is_built_with_its_options(backdoor):
+    """The mini profile maps ResNet-S2 to small_cnn width 8 (bench/budget.py): the teacher LfD trains is that
+    model, at the width the options give."""
+    defense = make_defense({"name": "lfd", "teacher": "small_cnn", "teacher_options": {"width": 4},
+                            "teacher_epochs": 1})
+    teacher, _ = defense.teacher(make_context(backdoor, defense))
+    assert type(teacher).__name__ == "SmallCNN" and teacher.num_features == 16      # 4 x width
