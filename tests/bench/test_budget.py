@@ -120,13 +120,22 @@ def test_the_table_names_real_fields_and_covers_every_schedule_field():
                 assert field in named, f"{kind} {name}: schedule field {field} is not in bench/budget.py"
 
 
-def test_dry_run_prints_each_jobs_steps_beside_the_paper(tmp_path, workspace):
-    doc = {"name": "d", "grid": {"dataset": "cifar10", "model": "wrn16_1", "recipe": "mcl_paper",
-                                 "attack": {"name": "badnets", "target": 5}, "defense": ["ft", "anp"]}}
+def test_dry_run_prints_each_jobs_steps_beside_the_paper(tmp_path, workspace, monkeypatch):
+    import bench.sweep
+
+    (tmp_path / "half.yaml").write_text(yaml.safe_dump({
+        "name": "half", "scale": "mini", "dataset": {"train_limit": 512},
+        "budget": {"recipe": {"epochs": 60}, "defense": {"anp": {"iterations": 500}}}}))
+    monkeypatch.setattr(bench.sweep, "PROFILES_DIR", tmp_path)
+    doc = {"name": "d", "grid": {"dataset": {"name": "synthetic", "n_train": 1024}, "model": "small_cnn",
+                                 "recipe": "mcl_paper", "attack": {"name": "badnets", "target": 1},
+                                 "defense": ["ft", "anp"], "clean_ratio": 0.25}}
     path = tmp_path / "d.yaml"
     path.write_text(yaml.safe_dump(doc))
-    out = CliRunner().invoke(main, ["sweep", str(path), "--profile", "mini", "--dry-run"]).output
-    rows = {m[1]: (m[2], m[3]) for m in re.findall(r"(train|defend) +\w+ +(\S+).*? ([\d,]+) / +([\d,]+) steps", out)}
-    assert rows["ft"] == ("800", "800")                    # 100 epochs x 8 batches of 500 = 20 x 40 of 2,500
-    assert rows["anp"] == ("500", "2,000")                 # mini's stated cap
-    assert rows["mcl_paper"] == ("6,280", "39,100")        # 40 epochs (cap) x 157 batches vs 50 x 782
+    result = CliRunner().invoke(main, ["sweep", str(path), "--profile", "half", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    rows = {m[1]: (m[2], m[3]) for m in re.findall(r"(train|defend) +\w+ +(\S+).*? ([\d,]+) / +([\d,]+) steps",
+                                                    result.output)}
+    assert rows["ft"] == ("80", "80")                      # 40 epochs x 2 batches of 128 = 20 x 4 of 256
+    assert rows["anp"] == ("500", "2,000")                 # the profile's stated cap
+    assert rows["mcl_paper"] == ("480", "800")             # 60 epochs (cap) x 8 batches vs 50 x 16
