@@ -10,17 +10,24 @@ A stage's config holds only what changes its output, so
 * a defense that declares no ``clean_subset`` need does not carry the clean ratio in its key (a ratio curve
   runs D-BR once, not once per ratio).
 An attack that needs a clean model (label-consistent PGD, TrojanNN) gets a parent train stage on the clean set.
+
+A checkpoint cell (``model: {name, checkpoint: FILE, ...}``, bench/models/checkpoint.py) has no backdoor
+training: its train stage is the root, plugin ``checkpoint``, keyed by the file's sha256 (its path is stored
+with the job, not hashed); its poison stage hangs below it and only describes the trigger for evaluation
+(``trigger_only``: no poisoned training set is made).  Defenses that need the poisoned training set
+(training-time, cleansing, D-BR) and attacks that optimise their trigger on a clean model are refused for it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from bench.config import digest, to_plain
+from bench.config import ConfigError, digest, to_plain
 from bench.registry import ATTACKS, DEFENSES
 from bench.sweep import Cell
 
 TRAIN_VERSION = 1          # bump when bench.train.fit changes its output for the same config
+CHECKPOINT_VERSION = 1     # bump when bench.models.checkpoint loads a file differently
 EVAL_VERSION = 1           # bump when bench.metrics changes
 STAGES = ("poison", "train", "defend", "evaluate")
 _NOT_SEMANTIC = {"dataset": ("root", "download")}   # where data lives does not change a result
@@ -38,10 +45,18 @@ class Job:
 
 
 def make_job(stage: str, plugin: str, version: int, config: dict[str, Any], parent: Job | None) -> Job:
-    key = digest({"stage": stage, "plugin": plugin, "version": version, "config": config,
+    key = digest({"stage": stage, "plugin": plugin, "version": version, "config": _keyed(config),
                   "parent": parent.key if parent else None})
     chain = {**(parent.chain if parent else {}), **config}
     return Job(key, stage, plugin, version, config, parent.key if parent else None, chain)
+
+
+def _keyed(config: dict[str, Any]) -> dict[str, Any]:
+    """What a key hashes: the config, less where a checkpoint file lies (its sha256 identifies it)."""
+    model = config.get("model")
+    if isinstance(model, dict) and "checkpoint" in model:
+        return {**config, "model": {k: v for k, v in model.items() if k != "checkpoint"}}
+    return config
 
 
 def _semantic(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +69,8 @@ def cell_jobs(cell: Cell) -> list[Job]:
     attack_cls = ATTACKS.get(cell.attack["name"]).obj
     defense_cls = DEFENSES.get(cell.defense["name"]).obj
     dataset = _semantic("dataset", cell.dataset)
+    if "checkpoint" in cell.model:
+        return checkpoint_jobs(cell, dataset)
     jobs: list[Job] = []
     surrogate = None
     if attack_cls.needs_clean_model:
@@ -66,11 +83,7 @@ def cell_jobs(cell: Cell) -> list[Job]:
     poison = make_job("poison", cell.attack["name"], attack_cls.version,
                       {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, surrogate)
     jobs.append(poison)
-    defend_cfg: dict[str, Any] = {"defense": cell.defense, "seed": cell.seed, "curves": cell.curves}
-    if "clean_subset" in defense_cls.needs:
-        defend_cfg |= {"clean_ratio": cell.clean_ratio, "clean_stratified": cell.clean_stratified}
-        if not defense_cls.uses_clean_val:      # the whole subset, no held-out slice (keys of the others unchanged)
-            defend_cfg["clean_val"] = False
+    defend_cfg = _defend_config(cell, defense_cls)
     if defense_cls.paradigm == "post_training" and "backdoored_model" in defense_cls.needs:
         train = make_job("train", "train", TRAIN_VERSION,
                          {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, poison)
@@ -82,6 +95,43 @@ def cell_jobs(cell: Cell) -> list[Job]:
     defend = make_job("defend", cell.defense["name"], defense_cls.version, defend_cfg, parent)
     evaluate = make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)
     return jobs + [defend, evaluate]
+
+
+def _defend_config(cell: Cell, defense_cls) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"defense": cell.defense, "seed": cell.seed, "curves": cell.curves}
+    if "clean_subset" in defense_cls.needs:
+        cfg |= {"clean_ratio": cell.clean_ratio, "clean_stratified": cell.clean_stratified}
+        if not defense_cls.uses_clean_val:      # the whole subset, no held-out slice (keys of the others unchanged)
+            cfg["clean_val"] = False
+    return cfg
+
+
+def checkpoint_jobs(cell: Cell, dataset: dict[str, Any]) -> list[Job]:
+    """A checkpoint cell: checkpoint (train) -> trigger description (poison) -> defend -> evaluate.
+
+    Raises:
+        ConfigError: a defense that needs the poisoned training set, or an attack whose trigger needs a clean
+        model, on a checkpoint cell.
+    """
+    attack_cls = ATTACKS.get(cell.attack["name"]).obj
+    defense_cls = DEFENSES.get(cell.defense["name"]).obj
+    file = cell.model["checkpoint"]
+    if defense_cls.paradigm != "post_training" or "poisoned_train" in defense_cls.needs \
+            or "backdoored_model" not in defense_cls.needs:
+        raise ConfigError("grid.defense", f"defense {cell.defense['name']!r} ({defense_cls.paradigm}) needs "
+                          f"the poisoned training set, which a checkpoint cell ({file}) does not have; valid: a "
+                          "post-training defense that needs only the model and a clean subset (none, ft, nad, "
+                          "ibau, nc, mcl, anp, mcr, fp)")
+    if attack_cls.needs_clean_model:
+        raise ConfigError("grid.attack", f"attack {cell.attack['name']!r} optimises its trigger on a "
+                          f"harness-trained clean model, so it cannot describe the trigger of {file}; valid: an "
+                          "attack whose trigger is fixed by its config and seed (badnets, blend, sig, wanet, ...)")
+    source = make_job("train", "checkpoint", CHECKPOINT_VERSION, {"dataset": dataset, "model": cell.model}, None)
+    poison = make_job("poison", cell.attack["name"], attack_cls.version,
+                      {"dataset": dataset, "attack": cell.attack, "seed": cell.seed, "trigger_only": True}, source)
+    defend = make_job("defend", cell.defense["name"], defense_cls.version, _defend_config(cell, defense_cls),
+                      poison)
+    return [source, poison, defend, make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)]
 
 
 @dataclass

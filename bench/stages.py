@@ -22,6 +22,7 @@ from bench.data.imageset import DataBundle, ImageSet
 from bench.defense import Curves, Defense, DefenseContext, DefenseResult
 from bench.metrics import Metric, backdoor_metrics, detection_metrics
 from bench.models import create_from_spec
+from bench.models.checkpoint import load_checkpoint_model
 from bench.recipes import Recipe
 from bench.registry import ATTACKS, DATASETS, DEFENSES
 from bench.store import ArtifactRecord, ArtifactStore
@@ -107,6 +108,8 @@ class StageRunner:
     def run_poison(self, task: Task) -> Outcome:
         bundle = self.dataset(task.chain["dataset"])
         attack = self.attack(task, bundle)
+        if task.chain.get("trigger_only"):      # a checkpoint cell: the trigger, for evaluation only
+            return Outcome([self.store.put(task.key, "poison", trigger_only(attack, bundle.train).to_dict())])
         clean_model = self.model(task, "train", bundle) if attack.needs_clean_model else None
         gen = torch.Generator().manual_seed(task.chain["seed"])
         poisoned = attack.poison(bundle.train, gen, clean_model=clean_model)
@@ -121,6 +124,9 @@ class StageRunner:
 
     def run_train(self, task: Task) -> Outcome:
         bundle = self.dataset(task.chain["dataset"])
+        if "checkpoint" in task.chain["model"]:    # a published model enters the graph as this stage's artifact
+            model = load_checkpoint_model(task.chain["model"], bundle.info())
+            return Outcome([self.put_model(task.key, model, task.chain["model"])])
         _, train = self.poisoned_train(task, bundle)
         seed_everything(task.chain["seed"])
         model = create_from_spec(task.chain["model"], bundle.info())
@@ -195,7 +201,9 @@ def build_context(defense: Defense, chain: dict[str, Any], bundle: DataBundle, p
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         return {m.name: m.value for m in backdoor_metrics(model, bundle.test, attack, device)}
 
-    ctx = DefenseContext(info=info, device=device, seed=seed, recipe=recipe_of(chain), new_model=new_model,
+    # A checkpoint cell has no recipe in its chain; only training-time defenses read it, and those are refused.
+    recipe = recipe_of(chain) if "recipe" in chain else Recipe()
+    ctx = DefenseContext(info=info, device=device, seed=seed, recipe=recipe, new_model=new_model,
                          curves=Curves(bool(chain.get("curves"))), evaluate=evaluate)
     if "backdoored_model" in needs:
         ctx.model = backdoored
@@ -209,6 +217,15 @@ def build_context(defense: Defense, chain: dict[str, Any], bundle: DataBundle, p
     if "true_trigger" in needs:
         ctx.true_trigger = attack.true_trigger()
     return ctx
+
+
+def trigger_only(attack: Attack, train: ImageSet) -> PoisonedSet:
+    """The poison artifact of a checkpoint cell: the clean training set unchanged (every sample CLEAN, so the
+    defender's clean subset may come from all of it) and the attack's state, from which its trigger is rebuilt."""
+    c, h, w = train.images.shape[1:]
+    return PoisonedSet(train.labels.clone(), torch.zeros(len(train), dtype=torch.int8),
+                       torch.zeros(0, dtype=torch.long), torch.zeros(0, c, h, w, dtype=torch.uint8),
+                       {"trigger_only": True, "poisoned": 0}, attack.state())
 
 
 def recipe_of(chain: dict[str, Any]) -> Recipe:

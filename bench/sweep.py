@@ -438,6 +438,10 @@ class _Resolver:
 
     def __call__(self, kind: str, spec: Any, path: str, dataset: str | None, ds: Mapping | None = None) -> dict:
         key = (kind, repr(spec), dataset, repr(ds))
+        if key not in self.memo and kind == "model" and isinstance(spec, Mapping) and "checkpoint" in spec:
+            from bench.models.checkpoint import resolve_checkpoint  # a model from a file: checked here
+
+            self.memo[key] = resolve_checkpoint(spec, path, lambda s: _resolve(kind, s, path, self.overlays, dataset))
         if key not in self.memo:
             overlays = self.overlays
             if ds is not None:

@@ -79,8 +79,8 @@ def _load(file: str, sets, profile, only=()):
     try:
         sweep = load_sweep(file, sets, profile, only=only)
         graph = build_graph(sweep.cells)
-    except ConfigError as err:
-        raise click.BadParameter(str(err), param_hint="'SWEEP'") from None
+    except ConfigError as err:   # the graph refuses some cells (a checkpoint cell's defense): name the file too
+        raise click.BadParameter(str(err if err.file else err.with_file(file)), param_hint="'SWEEP'") from None
     return sweep, graph
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from bench.models import small_cnn  # noqa: F401  (registers)
 from bench.models._base import Backbone
+from bench.models.checkpoint import input_normalization
 from bench.registry import MODELS
 
 _FAMILIES = ("wrn", "resnet", "preact_resnet", "lowcap")
@@ -41,7 +42,8 @@ def create_from_spec(spec: Mapping[str, Any], info) -> nn.Module:
     """Build from a resolved model spec ``{name, ...options}`` and a ``DataInfo``."""
     opts = dict(spec)
     name = opts.pop("name")
-    return create_model(name, info.num_classes, info.in_channels, info.image_size, info.mean, info.std, **opts)
+    mean, std = input_normalization(opts, info)        # a checkpoint's own (bench/models/checkpoint.py)
+    return create_model(name, info.num_classes, info.in_channels, info.image_size, mean, std, **opts)
 
 
 def list_models() -> list[str]:
