@@ -13,13 +13,7 @@ import traceback
 def worker_main(slot: str, device: str, threads: int, store_root: str, data_root: str | None,
                 tasks, results, parent_pid: int) -> None:
     """Entry point of a worker process (spawned)."""
-    if device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-        device = "cuda"
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+    device = configure_threads(device, threads)
     from bench.stages import StageRunner
 
     runner = StageRunner(store_root, device, data_root)
@@ -33,6 +27,19 @@ def worker_main(slot: str, device: str, threads: int, store_root: str, data_root
         if task is None:
             return
         results.put(execute(runner, task, slot))
+
+
+def configure_threads(device: str, threads: int) -> str:
+    """Set a fresh worker process up before torch starts: its GPU, its share of the CPU cores; returns the
+    device name to use inside it."""
+    if device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        device = "cuda"
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return device
 
 
 def execute(runner, task, slot: str) -> dict:
