@@ -8,7 +8,7 @@ Grammar (explicit lists, no string DSL)::
     curves: false                     # ask defenses for per-epoch curves
     grid:                             # every key below is a product axis; a scalar is a one-item list
       dataset: [cifar10, {name: gtsrb, resolution: 32}]
-      model: wrn16_1
+      model: wrn16_1                  # or a published model: {name: wrn16_1, checkpoint: FILE, normalize: none}
       recipe: mcl_paper
       attack:  [{name: badnets, target: 5}, {name: sig, delta: [20, 40]}]   # a list inside an entry
       defense: [none, ft, {name: mcl, tau: [0.1, 0.5]}]                    #   expands locally
