@@ -441,7 +441,8 @@ class _Resolver:
         if key not in self.memo and kind == "model" and isinstance(spec, Mapping) and "checkpoint" in spec:
             from bench.models.checkpoint import resolve_checkpoint  # a model from a file: checked here
 
-            self.memo[key] = resolve_checkpoint(spec, path, lambda s: _resolve(kind, s, path, self.overlays, dataset))
+            # no profile or --set model overlay: the file fixes the architecture (mini's small_cnn cannot load it)
+            self.memo[key] = resolve_checkpoint(spec, path, lambda s: _resolve(kind, s, path, [], dataset))
         if key not in self.memo:
             overlays = self.overlays
             if ds is not None:

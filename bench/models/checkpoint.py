@@ -15,6 +15,9 @@ A sweep's ``model`` entry names the architecture and the file::
 * ``sha256`` (optional): checked against the file; the resolved cell always carries the file's sha256, which
   is what the job key hashes (the path is stored with the job but is not part of its key).
 
+A profile's or ``--set``'s model overlay does not apply to a checkpoint entry: the file fixes the architecture
+(the mini profile's small CNN could not load a WRN-16-1); dataset and defense overlays still do.
+
 Everything is checked when the sweep is resolved, before anything runs (bad input: one line naming the file,
 what is wrong and what would be valid).  The architecture check compares key names and tensor shapes with the
 named zoo model built for the checkpoint's own class and channel counts (read from its classifier and stem);

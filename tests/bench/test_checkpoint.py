@@ -143,3 +143,12 @@ def test_the_refusal_is_a_config_error_in_the_graph(tmp_path, backdoored):
     cells = build_sweep(sweep_doc(save(tmp_path / "m.tar", backdoored[0]), defenses=("ss",)), "t.yaml").cells
     with pytest.raises(ConfigError, match="needs the poisoned training set"):
         build_graph(cells)
+
+
+def test_a_model_overlay_does_not_change_a_checkpoints_architecture(tmp_path, backdoored):
+    """--set (or a profile) may shrink a grid's model, never a published file's: that would not load."""
+    doc = sweep_doc(save(tmp_path / "m.tar", backdoored[0]))
+    cell = build_sweep(doc, "t.yaml", sets=["model.small_cnn.width=16"]).cells[0]
+    assert cell.model["width"] == ARCH["width"]
+    doc["grid"]["model"] = ARCH
+    assert build_sweep(doc, "t.yaml", sets=["model.small_cnn.width=16"]).cells[0].model["width"] == 16

@@ -184,9 +184,14 @@ SWEEP_FILES = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.ya
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
-def test_every_shipped_sweep_file_resolves_at_paper_and_mini_scale(path):
+def test_every_shipped_sweep_file_resolves_at_paper_and_mini_scale(path, monkeypatch):
     """Each paper table/figure file names real plugins and options and expands to cells, with and without mini."""
     from bench.graph import build_graph
+
+    monkeypatch.chdir(path.parents[1])      # checkpoint paths (sweeps/released_*.yaml) are from the repo root
+    released = path.parents[2] / "shared" / "released"
+    if "checkpoint:" in path.read_text() and not released.is_dir():
+        pytest.skip(f"{path.name} defends a released checkpoint; {released} is absent")
 
     paper = load_sweep(path)
     mini = load_sweep(path, profile="mini")
