@@ -36,7 +36,7 @@ class Recipe:
     drop_last: bool = True
     augment_params: dict = field(default_factory=dict)   # per-op overrides, e.g. {"rotate": {"degrees": 20}}
     amp: bool = True                      # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True            # memory format of model and batches (CUDA and CPU)
+    channels_last: bool = True            # on CUDA
     deterministic: bool = False           # cudnn deterministic + no benchmark, for audit runs
 
     def __post_init__(self):
