@@ -265,6 +265,8 @@ def job_lines(graph) -> list[str]:
             if job.stage not in ("train", "defend") or job_key in seen or not n:
                 continue
             seen.add(job_key)
+            if job.stage == "train" and cell.model.get("checkpoint"):
+                continue                                         # loaded from a file: no training at any scale
             if job.stage == "train":
                 label = f"{cell.recipe['name']} ({cell.model['name']})"
                 now = count("recipe", cell.recipe, cell.recipe, n)
