@@ -18,16 +18,17 @@ from defenses.dst import DSTConfig, contrastive_labels, mixed_ce, train_classifi
 
 
 def test_simclr_and_supcon_losses_hand_computed():
+    # Bare NT-Xent / SupCon (base_temperature=None; the SupContrast scale is tested in tests/bench).
     # Two images, identical views e0 = (1, 0), e1 = (0, 1), temperature 1.  Each anchor sees cosines 0, 1, 0.
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     lse = math.log(2 + math.e)
     # SimCLR: the positive is the other view (cosine 1): -(1 - lse).
-    assert nt_xent(z, z, 1.0).item() == pytest.approx(lse - 1, abs=1e-6)
+    assert nt_xent(z, z, 1.0, None).item() == pytest.approx(lse - 1, abs=1e-6)
     # SupCon, same label: all three others are positives: -((0 + 1 + 0) / 3 - lse).
-    assert supcon(z, z, torch.tensor([0, 0]), 1.0).item() == pytest.approx(lse - 1 / 3, abs=1e-6)
+    assert supcon(z, z, torch.tensor([0, 0]), 1.0, None).item() == pytest.approx(lse - 1 / 3, abs=1e-6)
     # SS-CTL's -1 (not in D_c): only the own view is a positive, whatever the labels -> SimCLR again.
-    assert supcon(z, z, torch.tensor([0, -1]), 1.0).item() == pytest.approx(lse - 1, abs=1e-6)
-    assert supcon(z, z, torch.tensor([-1, -1]), 1.0).item() == pytest.approx(lse - 1, abs=1e-6)
+    assert supcon(z, z, torch.tensor([0, -1]), 1.0, None).item() == pytest.approx(lse - 1, abs=1e-6)
+    assert supcon(z, z, torch.tensor([-1, -1]), 1.0, None).item() == pytest.approx(lse - 1, abs=1e-6)
     # Temperature 0.5, three images, one D_c pair (labels 0, 0) and one outsider (-1) sharing nothing.
     z3 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     t = 0.5
@@ -40,7 +41,9 @@ def test_simclr_and_supcon_losses_hand_computed():
         lse_a = math.log(sum(math.exp(sims[a][b]) for b in others))
         pos = [b for b in others if b == (a + 3) % 6 or (labels[a] >= 0 and labels[b] == labels[a])]
         total += -sum(sims[a][b] - lse_a for b in pos) / len(pos)
-    assert supcon(z3, z3, torch.tensor([0, -1, 0]), t).item() == pytest.approx(total / 6, abs=1e-5)
+    assert supcon(z3, z3, torch.tensor([0, -1, 0]), t, None).item() == pytest.approx(total / 6, abs=1e-5)
+    # SupContrast's scale factor tau / 0.07 multiplies the same value (the default).
+    assert supcon(z3, z3, torch.tensor([0, -1, 0]), t).item() == pytest.approx(total / 6 * t / 0.07, abs=1e-5)
 
 
 def test_contrastive_labels_per_extractor():
