@@ -77,10 +77,11 @@ class _Identity(nn.Module):
 
 def test_intra_class_loss_hand_computed():
     # Centres: class 0 -> (1, 0); class 1 -> (0, 2) -> (0, 1); class 2 -> (1, 1) -> (1, 1)/sqrt 2.
-    # Off-diagonal cosines: 0, 1/sqrt 2, 1/sqrt 2 (each twice) -> mean = (2 / sqrt 2) / 3 = 0.4714.
+    # Off-diagonal cosines: 0, 1/sqrt 2, 1/sqrt 2 (each twice), diagonal zeroed, mean over all 3 x 3 entries (the
+    # code's torch.mean): 2 sqrt 2 / 9 = 0.3143 (the off-diagonal mean would be sqrt 2 / 3 = 0.4714).
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     y = torch.tensor([0, 0, 1, 2])
-    assert intra_class_loss(_Identity(), x, y).item() == pytest.approx(math.sqrt(2) / 3, abs=1e-6)
+    assert intra_class_loss(_Identity(), x, y).item() == pytest.approx(2 * math.sqrt(2) / 9, abs=1e-6)
     assert intra_class_loss(_Identity(), x[:2], y[:2]).item() == 0.0     # one class: no pair
 
 
