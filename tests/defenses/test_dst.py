@@ -11,9 +11,11 @@ from defensetest import MODEL, make_defense, poisoned_digits
 
 from bench.attack import POISONED
 from bench.contrastive import nt_xent, supcon
+from bench.data.imageset import ImageSet
 from bench.models import create_model
+from bench.recipes import lr_factor, warmup_lr
 from bench.stages import build_context
-from bench.train import seed_everything
+from bench.train import fit, seed_everything
 from defenses.dst import DSTConfig, contrastive_labels, mixed_ce, train_classifier
 
 
@@ -96,3 +98,29 @@ def test_dst_runs_from_the_poisoned_set_alone(digits):
     assert (poisoned.kind[out.flags] == POISONED).float().mean() > 0.7
     logits = out.model(train.images[:8].float() / 255)
     assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+
+
+def test_extractor_schedule_is_supcontrasts_warmup_then_cosine_with_floor(monkeypatch):
+    """README run: lr 0.5, 200 epochs, batch 512 > 256 -> warm-up 10 epochs from 0.01 (per iteration) to the
+    cosine value at epoch 10, then eta + (lr - eta)(1 + cos(pi e / E)) / 2 with eta = lr / 1000, e from 1."""
+    r = DSTConfig().ctl_recipe()
+    assert (r.lr, r.epochs, r.warmup_epochs, r.warmup_from, r.eta_min) == (0.5, 200, 10, 0.01, 1e-3)
+    assert not r.drop_last and not r.amp
+    eta = 0.5 * 1e-3
+    cosine = lambda e: eta + (0.5 - eta) * (1 + math.cos(math.pi * e / 200)) / 2   # noqa: E731  (util.py)
+    assert r.lr * lr_factor(r, 10) == pytest.approx(cosine(11))         # 0-based epoch 10 = their epoch 11
+    assert warmup_lr(r, 0, 0, 98) == pytest.approx(0.01)
+    assert warmup_lr(r, 9, 97, 98) == pytest.approx(0.01 + (980 - 1) / 980 * (cosine(10) - 0.01))
+    assert warmup_lr(r, 10, 0, 98) is None
+    # fit applies it per iteration: 3 epochs of 2 batches, warm-up over the first 2 epochs.
+    seen = []
+    step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (seen.append(self.param_groups[0]["lr"]),
+                                                                         step(self, *a, **k))[1])
+    small = DSTConfig(ctl_epochs=3, ctl_warmup_epochs=2, ctl_batch_size=4, ctl_lr=0.4).ctl_recipe()
+    data_x = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
+    fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), ImageSet(data_x, torch.zeros(8).long()),
+        small, device=torch.device("cpu"))
+    target = 0.4 * lr_factor(small, 1)
+    assert seen[:4] == pytest.approx([0.01 + p / 4 * (target - 0.01) for p in range(4)])
+    assert seen[4:] == pytest.approx([0.4 * lr_factor(small, 2)] * 2)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from defensetest import evaluate, make_context, make_defense
 
-from bench.models import create_model
 from bench.data.imageset import ImageSet
+from bench.models import create_model
 from bench.recipes import Recipe, lr_factor
 from defenses.mcr import BezierCurve, MCRConfig, bezier, model_at, tiled
 
