@@ -3,7 +3,7 @@ default lowers ASR on the digits backdoor; the clean_val scan (an option) picks 
 from __future__ import annotations
 
 import torch
-from defensetest import evaluate, make_context, make_defense
+from defensetest import make_context, make_defense
 
 from bench.data.imageset import ImageSet
 from bench.models import create_model

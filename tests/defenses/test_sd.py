@@ -49,7 +49,8 @@ def test_fct_ranks_poisoned_samples_first(poisoned_digits):
     score_auroc = auroc(split.scores, poisoned)
     dc_precision = 1 - poisoned[split.clean].float().mean().item()
     dp_precision = poisoned[split.poisoned].float().mean().item()
-    # Measured (seed 0): AUROC 0.978, D_c precision 1.000, D_p precision 0.958 (chance: 0.5, 0.9, 0.1).
+    # Measured (seed 0) with L_intra's old k(k-1) normaliser: AUROC 0.978, D_c precision 1.000, D_p precision 0.958
+    # (chance: 0.5, 0.9, 0.1); with the code's k^2 normaliser the thresholds below hold (values not re-printed).
     assert score_auroc > 0.85, score_auroc
     assert dc_precision > 0.98, dc_precision
     assert dp_precision > 0.7, dp_precision
