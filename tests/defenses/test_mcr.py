@@ -36,7 +36,7 @@ def test_curve_endpoints_are_exact():
 
 
 def test_mcr_on_digits_changes_the_model_and_keeps_accuracy(backdoor):
-    defense = make_defense({"name": "mcr", "curve_epochs": 5, "endpoint_epochs": 3, "epoch_samples": 2000})
+    defense = make_defense({"name": "mcr", "curve_epochs": 4, "endpoint_epochs": 2, "epoch_samples": 600})
     ctx = make_context(backdoor, defense, clean_ratio=0.1)
     start = copy.deepcopy(ctx.model)
     out = defense.run(ctx)
@@ -59,7 +59,7 @@ def test_model_at_t0_has_the_backdoored_weights(backdoor):
 
 
 def test_t_chosen_on_held_out_clean_accuracy(backdoor):
-    defense = make_defense({"name": "mcr", "curve_epochs": 5, "endpoint_epochs": 3, "epoch_samples": 2000,
+    defense = make_defense({"name": "mcr", "curve_epochs": 4, "endpoint_epochs": 2, "epoch_samples": 600,
                             "t_grid": [0.2, 0.4, 0.6]})
     ctx = make_context(backdoor, defense, clean_ratio=0.1)
     out = defense.run(ctx)
@@ -86,7 +86,7 @@ def test_an_epoch_is_10000_samples_whatever_the_subset_size():
         t = tiled(data, 10_000)
         counts = torch.bincount(t.labels, minlength=n)
         assert len(t) == 10_000 and counts.max() - counts.min() <= 1 and counts.min() == 10_000 // n
-        assert torch.equal(t.images[:, 0, 0, 0].long(), t.labels)           # images travel with their labels
+        assert torch.equal(t.images[:, 0, 0, 0].long(), t.labels % 256)     # images travel with their labels
 
 
 def test_end_point_is_the_backdoored_model_fine_tuned_for_the_original_budget(backdoor):
@@ -101,7 +101,7 @@ def test_end_point_is_the_backdoored_model_fine_tuned_for_the_original_budget(ba
     start = copy.deepcopy(ctx.model)
     out = defense.run(ctx)
     assert len(ctx.clean) < 100 and sum(seen) == 10_000 and len(seen) == 79      # 78 x 128 + the kept 16
-    moved = [float((a - b).abs().max()) for a, b in zip(out.model.parameters(), start.parameters())]
+    moved = [float((a.detach() - b.detach()).abs().max()) for a, b in zip(out.model.parameters(), start.parameters())]
     assert max(moved) > 1e-3 and out.metrics["epoch_samples"] == 10_000
 
 
