@@ -72,7 +72,7 @@ _TEACHER = {"teacher_epochs": Stage("train", "recipe.batch_size", none_is_recipe
 
 # kind -> plugin name ("*": every recipe) -> field -> Stage
 SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
-    "recipe": {"*": {"epochs": Stage("train", follow=("milestones", "step_size"))}},
+    "recipe": {"*": {"epochs": Stage("train", follow=("milestones", "step_size", "warmup_epochs"))}},
     "defense": {
         "ft": _FT,
         "nad": {"epochs": Stage("clean", follow=("milestones",), runs=2)},
@@ -87,7 +87,8 @@ SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
         "mcr": {"curve_epochs": Stage("steps", epoch_samples=10_000),
                 "endpoint_epochs": Stage("steps", epoch_samples=10_000)},
         "dbr": {**_SD, "rounds": Stage("train", share=("alpha_c", "alpha_p"))},
-        "dst": {**_SD, "ctl_epochs": Stage("train", "ctl_batch_size"), "cls_epochs": Stage("train", "cls_batch_size")},
+        "dst": {**_SD, "ctl_epochs": Stage("train", "ctl_batch_size", follow=("ctl_warmup_epochs",)),
+                "cls_epochs": Stage("train", "cls_batch_size")},
         "abl": {"isolation_epochs": Stage("train"), "recover_epochs": Stage("train", follow=("recover_milestones",)),
                 "unlearn_epochs": Stage("train", share=("isolation_ratio",))},
         "dbd": {"simclr_epochs": Stage("train", "simclr_batch_size"),

@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.augment import augment
 from bench.data.imageset import ImageSet
-from bench.recipes import Recipe
+from bench.recipes import Recipe, lr_factor, uses_lambda_schedule, warmup_lr
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """loss_fn(model, x01 float [B,C,H,W] in [0,1] (augmented), y int64 [B], idx int64 [B]) -> scalar loss."""
@@ -68,6 +68,8 @@ def make_optimizer(params, recipe: Recipe, lr: float | None = None) -> torch.opt
 
 def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Stepped once per epoch; its length follows ``recipe.epochs`` (cosine T_max = epochs, never a constant)."""
+    if uses_lambda_schedule(recipe):          # piecewise-linear, or cosine with a floor / warm-up (closed form)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(recipe, epoch))
     if recipe.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
     if recipe.schedule == "step":
@@ -154,7 +156,11 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
     for epoch in range(recipe.epochs):
         model.train()
         finite = torch.ones((), dtype=torch.bool, device=device)    # checked once per epoch: no per-batch sync
-        for idx in batch_indices(len(data), recipe.batch_size, gen, device, drop_last=recipe.drop_last):
+        batches = list(batch_indices(len(data), recipe.batch_size, gen, device, drop_last=recipe.drop_last))
+        for b, idx in enumerate(batches):
+            if epoch < recipe.warmup_epochs:
+                for group in opt.param_groups:
+                    group["lr"] = warmup_lr(recipe, epoch, b, len(batches))
             x = augment(data.images[idx], recipe.augment, gen_for_device(gen, device), recipe.crop_padding,
                         params=recipe.augment_params or None)
             if channels_last:

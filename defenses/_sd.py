@@ -3,13 +3,24 @@
 1. SD model: a fresh model of the cell's architecture trained briefly on the poisoned set *without*
    augmentation (2 epochs, SGD lr 0.01, momentum 0.9, wd 5e-4, batch 128, CosineAnnealingLR T_max 100 --
    the authors' ``train_attack_noTrans.py``), then fine-tuned 10 epochs with the intra-class loss
-   (``finetune_attack_noTrans.py``: mean off-diagonal cosine similarity of the L2-normalised per-class feature
-   centres of a batch, no cross-entropy), continuing the same optimizer and schedule (the authors reload both).
+   (``finetune_attack_noTrans.py`` l. 39-54: cosine similarities of the L2-normalised centres of the classes
+   present in a batch, diagonal zeroed, averaged over all k^2 entries -- so (k - 1)/k of the off-diagonal mean,
+   ~11 % smaller at k = 9 present classes; no cross-entropy), continuing the same optimizer and schedule (the
+   authors reload both).
 2. FCT, Eq. 1: Delta_trans(x) = ||f(x) - f(tau(x))||^2, averaged over the feature dimensions
-   (``calculate_consistency.py``), with tau = RandomRotation(180) then RandomAffine(translate=(0.2, 0.2)) (§4.1);
-   App. E's flip / crop / blur / erase are selectable.
+   (``calculate_consistency.py`` l. 30-36), with tau = RandomRotation(180) then RandomAffine(translate=(0.2, 0.2))
+   (§4.1); App. E's flip / crop / blur / erase are selectable.  FCT is an *unnormalised* squared distance: the
+   L_intra fine-tune is what separates poisoned from clean samples; with too little of it (few epochs, a weak
+   backdoor) the score mostly ranks images by the norm of their features.
 3. Split: bottom alpha_c = 20 % -> D_c (clean), top alpha_p = 5 % -> D_p (poisoned), the rest D_u (§4.1).
-   Sizes are exact here (floor(N alpha)); the authors re-draw tau when splitting, so theirs only approximate.
+   Sizes are exact here (floor(N alpha)).  Deviation: the authors compute the thresholds gamma_c, gamma_p as the
+   order statistics of one FCT draw (``calculate_gamma.py`` l. 18-23) and then split by *re-drawing* tau for
+   every sample (``separate_samples.py``), so their split sizes only approximate alpha_c, alpha_p; one draw
+   here keeps the sizes exact and the split reproducible.
+Normalisation: every zoo model normalises inside ``forward`` with its dataset's statistics; the authors'
+``utils/utils.py`` ``normalization`` uses CIFAR-10 (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010), CIFAR-100
+(0.5071, 0.4865, 0.4409) / (0.2673, 0.2564, 0.2762) and Tiny-ImageNet's statistics for their ImageNet subset.  A
+per-channel affine difference of the input (absorbed by the first BatchNorm); stated, not reproduced.
 
 Fig. 4 replaces FCT by other metrics, kept small and computed on the same SD model: ``spectral`` (Tran et al.:
 per labelled class, squared projection of the centred features on their top singular vector), ``dbd_sce``
@@ -114,8 +125,9 @@ def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def intra_class_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """L_intra of ``finetune_attack_noTrans.py``: mean off-diagonal cosine similarity of the batch's per-class
-    feature centres (each centre L2-normalised); pushing class centres apart.  Zero if one class is present."""
+    """L_intra of ``finetune_attack_noTrans.py`` l. 39-54: the cosine similarities of the batch's per-class feature
+    centres (each centre L2-normalised, classes present in the batch), diagonal zeroed, mean over all k^2
+    entries; pushing class centres apart.  Zero if one class is present."""
     f = model.forward_features(x)
     classes, inv = torch.unique(y, return_inverse=True)
     k = len(classes)
@@ -124,7 +136,7 @@ def intra_class_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
     sums = torch.zeros(k, f.shape[1], device=f.device, dtype=f.dtype).index_add_(0, inv, f)
     centres = F.normalize(sums / torch.bincount(inv, minlength=k).unsqueeze(1).to(f.dtype), dim=1)
     sim = centres @ centres.t()
-    return (sim.sum() - sim.diagonal().sum()) / (k * (k - 1))
+    return (sim.sum() - sim.diagonal().sum()) / (k * k)
 
 
 def train_sd_model(model: nn.Module, data: ImageSet, cfg: SDConfig, gen: torch.Generator) -> nn.Module:

@@ -4,8 +4,12 @@ SD module (§3.2, ``defenses/_sd.py``) splits the poisoned training set by FCT i
 D_p (top alpha_p = 5 %) and D_u.  The BR module then runs rounds of
     unlearning (Eq. 4): one epoch minimising (1/|D_p|) sum log g(x)_y on D_p, i.e. gradient ascent on CE;
     relearning (Eq. 5): one epoch of cross-entropy on D_c,
-20 rounds, SGD momentum 0.9, wd 5e-4, fixed lr 1e-4, batch 128, RandomCrop(pad 4) + HFlip (``unlearn_relearn.py``;
-§4.3 "we run 20 epochs").  Fig. 5's ablations: ``mode: pure_unlearn`` / ``pure_relearn`` run only one phase for the
+20 rounds, SGD momentum 0.9, wd 5e-4, fixed lr 1e-4, batch 128 (``unlearn_relearn.py`` l. 20-23, 141, 163-171;
+§4.3 "we run 20 epochs").  Checked against the code and correct as implemented: the lr is fixed at 1e-4
+(``learning_rate_unlearning`` sets it every epoch), one SGD optimizer (momentum 0.9, wd 5e-4) serves both phases,
+and the last partial batch is kept.  Augmentation per dataset as ``unlearn_relearn.py`` l. 112-121: CIFAR-10
+RandomCrop(pad 4) + HFlip, CIFAR-100 RandomCrop only (no flip), ImageNet RandomRotation(20) + HFlip; the same
+transform for the unlearned D_p and the relearned D_c.  Fig. 5's ablations: ``mode: pure_unlearn`` / ``pure_relearn`` run only one phase for the
 same number of epochs.  Curves (``curves: true``): test BA/ASR after every round, for Fig. 5.
 
 Deviation: the authors' code keeps the round with the best *test* ACC - ASR; we keep the last round (no model
@@ -48,10 +52,11 @@ class DBR(Defense):
     Config = DBRConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "poisoned_train"})
-    # Augmentation follows the dataset, as the authors' code does (CIFAR crop + flip, ImageNet rotate 20 + flip).
-    # Digits: none -- a flipped digit is another glyph, and with crop + flip the relearning epochs on 287 digits
+    # Augmentation follows the dataset, as the authors' code does (CIFAR-10 crop + flip, CIFAR-100 crop only,
+    # ImageNet rotate 20 + flip).  Digits: none -- a flipped digit is another glyph, and with crop + flip the relearning epochs on 287 digits
     # wrecked BA (0.997 -> 0.59 at lr 0.01) while without them D-BR gives BA 0.93, ASR 0.00 (5 rounds, lr 0.01).
-    per_dataset = {"digits": {"augment": ()}}
+    per_dataset = {"digits": {"augment": ()}, "cifar100": {"augment": ("crop",)},
+                   "imagenet_subset": {"augment": ("rotate", "flip")}}
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg: DBRConfig = self.cfg

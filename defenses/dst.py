@@ -14,10 +14,20 @@ Ablations: ``extractor`` ctl | s_ctl | ss_ctl (Table 3, classifier always Eq. 3)
 extractor + a classifier trained with CE on the whole poisoned set) and baseline2 (SupCon extractor on all labels,
 same classifier) of Table 1; the baselines run no SD module.
 
+Extractor network: SupContrast's ``SupConResNet`` ResNet-18 (``ST/networks/resnet_big.py``: 3x3 stride-1 stem,
+no max-pool) -- sweeps/dbr_table1.yaml and dbr_table3.yaml give D-ST cells ``{name: resnet18, stem: cifar}``.  The
+extractor is the cell's model, so the SD model is that network too, where the authors' SD model is their
+``models/resnet_cifar10.py`` ResNet-18 (with max-pool): a deviation, kept because the SD model only scores
+samples and one cell has one architecture.
+Loss and schedule as SupContrast's code (README: "parameters are set as the same in Supervised Contrastive
+Learning"): the loss is scaled by tau / 0.07 (``bench.contrastive``), both views go through the network in one
+batch (``train_extractor.py`` l. 285-298), cosine from 0.5 to eta_min = 0.5 * 0.1^3 (``util.py``
+``adjust_learning_rate``) after a 10-epoch per-iteration warm-up from 0.01 (on because batch 512 > 256,
+``train_extractor.py`` l. 179-190); the last partial batch is kept (their DataLoader has no drop_last).
 Deviations: the authors' SS-CTL code lets a D_c anchor take every same-label sample of the batch as a positive
-(whatever its split); we follow Eq. 2 (pairs inside D_c).  SupContrast's 10-epoch warm-up from 0.01 (batch > 256)
-and its eta_min = lr / 1000 are not reproduced (plain cosine to 0).  Baseline1's classifier is a linear head on the
-frozen extractor (the paper does not say whether the extractor is fine-tuned).
+(whatever its split; ``ST/losses.py`` l. 137-140 only clears the rows of non-clean anchors); we follow Eq. 2
+(pairs inside D_c).  Baseline1's classifier is a linear head on the frozen extractor (the paper does not say
+whether the extractor is fine-tuned).
 """
 from __future__ import annotations
 
@@ -48,6 +58,9 @@ class DSTConfig(SDConfig):
     ctl_batch_size: int = 512               # README --batch_size 512
     ctl_momentum: float = 0.9
     ctl_weight_decay: float = 1e-4          # SupContrast default
+    ctl_warmup_epochs: int = 10             # SupContrast: warm-up for batch > 256, 10 epochs from lr 0.01
+    ctl_warmup_from: float = 0.01
+    ctl_eta_min: float = 1e-3               # SupContrast cosine floor: lr * lr_decay_rate ** 3
     proj_dim: int = 128                     # SupConResNet head: dim_in -> dim_in -> 128
     cls_epochs: int = 10                    # README: train_classifier.py --epochs 10
     cls_lr: float = 5.0                     # README --learning_rate 5
@@ -60,12 +73,13 @@ class DSTConfig(SDConfig):
         # augment=(): the loss draws the two SimCLR views itself from the un-augmented batch.
         return Recipe(optimizer="sgd", lr=self.ctl_lr, momentum=self.ctl_momentum,
                       weight_decay=self.ctl_weight_decay, batch_size=self.ctl_batch_size, epochs=self.ctl_epochs,
-                      schedule="cosine", augment=(), drop_last=False)
+                      schedule="cosine", eta_min=self.ctl_eta_min, warmup_epochs=self.ctl_warmup_epochs,
+                      warmup_from=self.ctl_warmup_from, augment=(), drop_last=False, amp=False)
 
     def cls_recipe(self) -> Recipe:
         return Recipe(optimizer="sgd", lr=self.cls_lr, momentum=self.cls_momentum,
                       weight_decay=self.cls_weight_decay, batch_size=self.cls_batch_size, epochs=self.cls_epochs,
-                      schedule="none", augment=SIMCLR, drop_last=False)
+                      schedule="none", augment=SIMCLR, drop_last=False, amp=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

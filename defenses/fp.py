@@ -8,9 +8,20 @@ when the accuracy has dropped by more than a threshold (4 % in §5's evaluation)
 fine-tune the pruned network on the clean data, the pruned channels staying pruned.
 
 Generic over the zoo: activations are the last ``feature_info`` block's output (``bench.features.last_block``,
-averaged over H x W); a channel is pruned by zeroing the filter of the block's last ``nn.Conv2d`` with that
-many output channels and the affine of the BatchNorm that follows it, so the change lives in the weights
-(it survives a state-dict round trip).  During fine-tuning the gradients of those entries are masked to zero.
+averaged over H x W), and a channel is pruned *at that output*: a forward hook multiplies the block's output by
+a 0/1 channel mask.  On a ResNet the block output is ``relu(branch + shortcut)``, so zeroing the last conv/BN
+of the residual branch (what this file did before) left the channel alive through the identity shortcut --
+the activations are ranked after the residual sum, so the mask must act there too (issue 19, item 3).  The
+original prunes the last convolutional layer's output channels of plain CNNs (Caffe, ``conv_output_prune.py``
+in kangliucn/Fine-pruning-defense), where the two coincide.
+
+Persistence: a hook is not part of a state dict, and the runner stores models as state dicts.  Between the last
+block and the logits every zoo model applies only per-channel maps (BN, ReLU), global pooling and ``fc``, so a
+masked channel reaches ``fc`` as a constant; ``bake_into_head`` folds that constant into ``fc.bias`` and zeroes
+the channel's ``fc`` column (checked: the constant must not vary over the clean images).  The returned model
+keeps the hook (its block output is zero at the pruned channels) *and* the baked head, so a reloaded copy
+without the hook computes the same logits.  During fine-tuning the hook stays on, so the pruned channels stay
+pruned and their ``fc`` columns get zero gradients.
 
 The pruning stops on the defender's held-out clean slice (``ctx.clean_val``), never on test data (the
 original and BackdoorBench report the sweep on test data, ../shared/REFERENCE-DEFAULTS.md).  Fine-tuning
@@ -49,33 +60,36 @@ class FPConfig(DefenseConfig):
                       batch_size=self.batch_size, epochs=self.ft_epochs, schedule="cosine", augment=self.augment)
 
 
-# --- the last convolutional layer of the last block ------------------------------------------------------------
+# --- the pruning mask on the last block's output ----------------------------------------------------------------
 
-def last_conv(model: nn.Module) -> tuple[nn.Conv2d, nn.Module | None]:
-    """The last Conv2d inside the last block whose out_channels match the block's, and the BN right after it."""
-    name = last_block(model)
-    channels = model.feature_info[-1]["channels"]
-    mods = list(model.get_submodule(name).modules())
-    for i in range(len(mods) - 1, -1, -1):
-        conv = mods[i]
-        if isinstance(conv, nn.Conv2d) and conv.out_channels == channels:
-            bn = next((m for m in mods[i + 1:] if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                       and m.num_features == channels), None)
-            return conv, bn
-    raise ValueError(f"no Conv2d with {channels} output channels in block {name!r} of {type(model).__name__}")
+def mask_block_output(model: nn.Module, channels: list[int]) -> torch.utils.hooks.RemovableHandle:
+    """Zero the given channels of the last block's output in every forward pass (a forward hook on the block)."""
+    block = model.get_submodule(last_block(model))
+    keep = torch.ones(model.feature_info[-1]["channels"])
+    keep[channels] = 0.0
+
+    def hook(_mod, _inp, out):
+        return out * keep.to(out.device, out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
+    return block.register_forward_hook(hook)
 
 
-def channel_params(model: nn.Module) -> list[nn.Parameter]:
-    conv, bn = last_conv(model)
-    params = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
-    return params + ([bn.weight, bn.bias] if bn is not None and bn.affine else [])
+@torch.no_grad()
+def bake_into_head(model: nn.Module, channels: list[int], images_u8: torch.Tensor) -> nn.Module:
+    """Fold the masked channels into ``fc``: their (constant) pooled features go into the bias, their columns to 0.
 
-
-def prune_channels(model: nn.Module, channels: list[int]) -> nn.Module:
-    """Zero the given output channels of the last conv layer (filter, bias, BN affine) in place."""
-    with torch.no_grad():
-        for p in channel_params(model):
-            p[channels] = 0.0
+    Run with the mask hook on.  Raises if a masked channel's feature varies over ``images_u8`` (a model whose
+    head mixes channels spatially before pooling could not be baked this way).
+    """
+    if not channels:
+        return model
+    device = next(model.parameters()).device
+    model.eval()
+    f = model.forward_features(images_u8[:64].to(device).float().div(255)).float()[:, channels]
+    if (f.max(0).values - f.min(0).values).abs().max() > 1e-4 * (1 + f.abs().max()):
+        raise ValueError(f"{type(model).__name__}: a masked channel's feature is not constant; cannot bake FP's mask")
+    fc = model.fc
+    fc.bias += fc.weight[:, channels] @ f[0].to(fc.weight.dtype)
+    fc.weight[:, channels] = 0.0
     return model
 
 
@@ -97,19 +111,20 @@ def accuracy(model: nn.Module, data: ImageSet) -> float:
 
 def prune_until(model: nn.Module, order: list[int], val: ImageSet, acc_drop: float, max_count: int,
                 ctx: DefenseContext | None = None) -> tuple[list[int], list[float]]:
-    """Prune ``order`` one channel at a time while the val accuracy stays within ``acc_drop`` of the start.
+    """Mask ``order`` one channel at a time while the val accuracy stays within ``acc_drop`` of the start.
 
     Returns the pruned channels (the last step that crossed the threshold is undone) and the val accuracy
-    after each step (index 0 = unpruned).
+    after each step (index 0 = unpruned).  ``model`` is left without a mask.
     """
     base = accuracy(model, val)
     accs, pruned = [base], []
     for k, c in enumerate(order[:max_count]):
-        prune_channels(model, [c])
+        handle = mask_block_output(model, pruned + [c])
         acc = accuracy(model, val)
-        accs.append(acc)
         if ctx is not None and ctx.curves.enabled:
             ctx.curves.record(k + 1, val_acc=acc, **ctx.evaluate(model))
+        handle.remove()
+        accs.append(acc)
         if acc < base - acc_drop:
             break
         pruned.append(c)
@@ -118,25 +133,13 @@ def prune_until(model: nn.Module, order: list[int], val: ImageSet, acc_drop: flo
 
 def finetune_pruned(model: nn.Module, channels: list[int], clean: ImageSet, cfg: FPConfig,
                     device: torch.device, seed: int) -> nn.Module:
-    """§4.2: fine-tune on the clean subset; the pruned entries get zero gradients so they stay zero."""
-    params = channel_params(model)
-    keep = []
-    for p in params:
-        mask = torch.ones_like(p)
-        mask[channels] = 0.0
-        keep.append(mask)
-    handles = [p.register_hook(lambda g, m=m: g * m) for p, m in zip(params, keep)]
-    try:
-        model = fit(model, clean, cfg.recipe(), device=device, seed=seed)
-    finally:
-        for h in handles:
-            h.remove()
-    return model
+    """§4.2: fine-tune on the clean subset with the mask on (the pruned channels stay zero at the block output)."""
+    return fit(model, clean, cfg.recipe(), device=device, seed=seed)
 
 
 @register_defense("fp", display_name="Fine-Pruning")
 class FinePruning(Defense):
-    """Prune dormant last-layer channels until clean_val accuracy drops past ``acc_drop``, then fine-tune."""
+    """Prune dormant last-block channels until clean_val accuracy drops past ``acc_drop``, then fine-tune."""
 
     Config = FPConfig
     paradigm = "post_training"
@@ -148,12 +151,11 @@ class FinePruning(Defense):
         model = copy.deepcopy(ctx.model).eval()
         order = pruning_order(mean_activations(model, ctx.clean.images))
         val = ctx.clean_val if ctx.clean_val is not None and len(ctx.clean_val) else ctx.clean
-        probe = copy.deepcopy(model)
-        pruned, accs = prune_until(probe, order, val, cfg.acc_drop, int(cfg.max_ratio * len(order)), ctx)
-        prune_channels(model, pruned)
+        pruned, accs = prune_until(model, order, val, cfg.acc_drop, int(cfg.max_ratio * len(order)), ctx)
+        mask_block_output(model, pruned)
         metrics = {"pruned": float(len(pruned)), "channels": float(len(order)),
                    "val_acc_pruned": accs[len(pruned)], "val_acc_before": accs[0]}
         if cfg.ft_epochs > 0:
             model = finetune_pruned(model, pruned, ctx.clean, cfg, ctx.device, ctx.seed)
             metrics["val_acc"] = accuracy(model, val)
-        return DefenseResult(model=model, metrics=metrics)
+        return DefenseResult(model=bake_into_head(model, pruned, ctx.clean.images), metrics=metrics)

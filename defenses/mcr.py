@@ -10,17 +10,32 @@ and train only the control point θc on the defender's clean ("bonafide") data, 
 over the path, E_{t ~ U(0, 1)} L(θ(t)) with one t drawn per batch (Eq. 3).  §3.2: along the path the backdoor
 fades out while clean accuracy stays high in the middle; the repaired model is θ(t) at a fixed t.
 
-End points (§3.2, "limited bonafide data"): θ0 = the backdoored model, θ1 = the backdoored model fine-tuned on
-the same clean subset.  The control point starts on the segment, θc = (θ0 + θ1) / 2 (Garipov et al.'s
-initialisation).  Only parameters lie on the curve; BatchNorm running statistics are not interpolated but
-recomputed on the clean subset for the chosen t, as Garipov et al. do for every point they evaluate.
+End points (§3.2, "limited bonafide data"): θ0 = the backdoored model, θ1 = a second, separately trained model:
+the backdoored model fine-tuned on the same clean subset for the original's budget (IBM/model-sanitization
+``backdoor/backdoor-cifar/train_baseline.py``: it loads the backdoored checkpoint, l. 91-94, and trains 100 epochs
+at lr 0.015, wd 1e-4, l. 38-47, with the piecewise-linear schedule, l. 96-104).  The control point starts on the
+segment, θc = (θ0 + θ1) / 2 (``train.py`` ``init_linear``).  Only parameters lie on the curve; BatchNorm running
+statistics are not interpolated but recomputed on the clean subset for the chosen t, as Garipov et al. do for
+every point they evaluate.
+
+Epochs are tiled, as in the original: ``data.py`` ``loaders_part_test`` (l. 130-162) repeats the bonafide images
+(1 % of 5,000) until they fill a 10,000-sample training set, so an "epoch" is 10,000 samples (~79 batches of 128)
+whatever the subset size -- ``epoch_samples``.  (Before: one pass over a 90-image subset per epoch, so the end
+point was ~20 steps from the backdoored model and the curve got ~200 steps.)  The original trains without
+augmentation (its training set is built from the test split with the test transform, l. 96-100), in fp32,
+keeping the last batch.
+
+Curve training as the README's ResNet command (``--epochs=200 --lr=0.03 --wd=3e-4``, PreResNet; WideResNet uses
+wd 5e-4, VGG16 600 epochs at 0.015), SGD momentum 0.9, the piecewise-linear schedule (``train.py`` l. 117-125:
+lr constant for the first half, linear down to 1 % by 90 %, then 1 %).  Weight decay acts as the original's
+curve regulariser, 0.5 · wd · ||θ(t)||² on the sampled point (``curves.py`` ``l2_regularizer``, with the
+optimizer's own weight decay 0, ``train.py`` l. 138-143), here over every parameter of the point (the original
+sums the weights of its curve layers).
 
 Defaults: t = 0.4 (§3.2, Fig. 2: the CIFAR-10 range t ≈ 0.3-0.4 where the error on triggered data is near its
-minimum while clean error is still low; BackdoorBench's MCR port also reads t = 0.4).  Curve training as the
-mode-connectivity code it builds on: SGD momentum 0.9, wd 5e-4, lr 0.015; 200 epochs on the clean subset; the
-end-point fine-tune uses the same optimiser for ``endpoint_epochs``.  Nothing is selected on test data: a
-given t is read off, or, with ``t_grid`` set, t is the grid point with the highest accuracy on the held-out
-slice of the clean subset (ties: the point nearest the curve's middle).  Clean accuracy cannot see the
+minimum while clean error is still low; BackdoorBench's MCR port also reads t = 0.4).  Nothing is selected on
+test data: a given t is read off, or, with ``t_grid`` set, t is the grid point with the highest accuracy on the
+held-out slice of the clean subset (ties: the point nearest the curve's middle).  Clean accuracy cannot see the
 backdoor, so the grid should keep away from the end points (the paper's own choice is a fixed t).
 ``val_acc`` (held-out clean accuracy at the chosen t) is stored with the result.
 """
@@ -46,22 +61,41 @@ from bench.train import batch_indices, fit, predict
 class MCRConfig(DefenseConfig):
     t: float = 0.4                         # §3.2, Fig. 2 (CIFAR-10)
     t_grid: tuple[float, ...] = ()         # choose t among these on held-out clean data (empty: use t)
-    curve_epochs: int = 200                # curve training (Garipov et al. setting used by §3.1)
-    endpoint_epochs: int = 20              # fine-tuned end point θ1 (FT-style; the paper fixes no count)
-    lr: float = 0.015                      # curve and end-point SGD lr
+    epoch_samples: int = 10_000            # data.py: the clean subset tiled to 10,000 samples per epoch
+    curve_epochs: int = 200                # README, ResNet curve: --epochs=200
+    lr: float = 0.03                       # README, ResNet curve: --lr=0.03
+    weight_decay: float = 3e-4             # README, ResNet curve: --wd=3e-4 (as 0.5 wd ||θ(t)||²)
+    endpoint_epochs: int = 100             # train_baseline.py: 100 epochs from the backdoored model ...
+    endpoint_lr: float = 0.015             # ... lr 0.015 ...
+    endpoint_weight_decay: float = 1e-4    # ... wd 1e-4 (SGD weight decay)
     momentum: float = 0.9
-    weight_decay: float = 5e-4
     batch_size: int = 128
-    schedule: Literal["cosine", "none"] = "cosine"
-    augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
+    schedule: Literal["piecewise_linear", "cosine", "none"] = "piecewise_linear"   # train.py l. 117-125
+    augment: tuple[Literal["crop", "flip"], ...] = ()                # trained with the test transform
 
     def __post_init__(self):
         if not all(0.0 <= t <= 1.0 for t in (self.t, *self.t_grid)):
             raise ValueError(f"t and t_grid must lie in [0, 1], got {self.t}, {list(self.t_grid)}")
 
-    def recipe(self, epochs: int) -> Recipe:
-        return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                      batch_size=self.batch_size, epochs=epochs, schedule=self.schedule, augment=self.augment)
+    def curve_recipe(self) -> Recipe:
+        """The control point's optimizer: no SGD weight decay (the regulariser is in ``curve_loss``)."""
+        return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=0.0,
+                      batch_size=self.batch_size, epochs=self.curve_epochs, schedule=self.schedule,
+                      augment=self.augment, drop_last=False, amp=False)
+
+    def endpoint_recipe(self) -> Recipe:
+        return Recipe(optimizer="sgd", lr=self.endpoint_lr, momentum=self.momentum,
+                      weight_decay=self.endpoint_weight_decay, batch_size=self.batch_size,
+                      epochs=self.endpoint_epochs, schedule=self.schedule, augment=self.augment, drop_last=False,
+                      amp=False)
+
+
+def tiled(data: ImageSet, n: int) -> ImageSet:
+    """The set repeated in order until it holds exactly ``n`` samples (``data.py`` l. 140-152); ``fit`` reshuffles
+    it every epoch, so one epoch over it is ``n`` samples whatever ``len(data)``."""
+    if not len(data):
+        raise ValueError("MCR needs a non-empty clean subset")
+    return data.subset(torch.arange(n, device=data.labels.device) % len(data))
 
 
 # --- the curve -----------------------------------------------------------------------------------------------
@@ -88,10 +122,15 @@ class BezierCurve(nn.Module):
 
 
 def curve_loss(model: nn.Module, curve: BezierCurve, x: torch.Tensor, y: torch.Tensor,
-               generator: torch.Generator) -> torch.Tensor:
-    """Eq. 3 on one batch: CE of θ(t) with t ~ U(0, 1) drawn once for the batch."""
+               generator: torch.Generator, weight_decay: float = 0.0) -> torch.Tensor:
+    """Eq. 3 on one batch: CE of θ(t) with t ~ U(0, 1) drawn once for the batch, plus the original's curve
+    regulariser 0.5 · wd · ||θ(t)||²."""
     t = float(torch.rand((), generator=generator))
-    return F.cross_entropy(functional_call(model, curve.point(t), (x,)), y)
+    point = curve.point(t)
+    loss = F.cross_entropy(functional_call(model, point, (x,)), y)
+    if weight_decay:
+        loss = loss + 0.5 * weight_decay * sum(p.pow(2).sum() for p in point.values())
+    return loss
 
 
 @torch.no_grad()
@@ -131,7 +170,7 @@ def accuracy(model: nn.Module, data: ImageSet) -> float:
 
 @register_defense("mcr", display_name="MCR")
 class MCR(Defense):
-    """Fine-tune an end point, train the Bézier control point on clean data, read the model at t."""
+    """Fine-tune a second end point, train the Bézier control point on the tiled clean data, read the model at t."""
 
     Config = MCRConfig
     paradigm = "post_training"
@@ -141,8 +180,8 @@ class MCR(Defense):
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg = self.cfg
         start = copy.deepcopy(ctx.model)
-        end = fit(copy.deepcopy(ctx.model), ctx.clean, cfg.recipe(cfg.endpoint_epochs), device=ctx.device,
-                  seed=ctx.seed)
+        data = tiled(ctx.clean.to(ctx.device), cfg.epoch_samples)
+        end = fit(copy.deepcopy(ctx.model), data, cfg.endpoint_recipe(), device=ctx.device, seed=ctx.seed)
         curve = BezierCurve(start, end).to(ctx.device)
         work = copy.deepcopy(start)
         for p in work.parameters():
@@ -154,9 +193,8 @@ class MCR(Defense):
                 probe = model_at(start, curve, cfg.t, ctx.clean, cfg.batch_size, ctx.device)
                 ctx.curves.record(epoch, val_acc=accuracy(probe, ctx.clean_val), **ctx.evaluate(probe))
 
-        fit(work, ctx.clean, cfg.recipe(cfg.curve_epochs), device=ctx.device, seed=ctx.seed + 1,
-            params=list(curve.control), loss_fn=lambda m, x, y, idx: curve_loss(m, curve, x, y, gen),
-            on_epoch=on_epoch)
+        fit(work, data, cfg.curve_recipe(), device=ctx.device, seed=ctx.seed + 1, params=list(curve.control),
+            loss_fn=lambda m, x, y, idx: curve_loss(m, curve, x, y, gen, cfg.weight_decay), on_epoch=on_epoch)
         t, metrics = cfg.t, {}
         if cfg.t_grid:
             if ctx.clean_val is None or not len(ctx.clean_val):
@@ -166,7 +204,7 @@ class MCR(Defense):
             t = max(scores, key=lambda g: (scores[g], -abs(g - 0.5)))
             metrics.update({f"val_acc_t{g:g}": a for g, a in scores.items()})
         model = model_at(start, curve, t, ctx.clean, cfg.batch_size, ctx.device)
-        metrics["t"] = t
+        metrics.update(t=t, epoch_samples=float(len(data)))
         if ctx.clean_val is not None and len(ctx.clean_val):
             metrics["val_acc"] = accuracy(model, ctx.clean_val)
             metrics["val_acc_endpoint"] = accuracy(end, ctx.clean_val)

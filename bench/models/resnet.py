@@ -10,6 +10,9 @@ Stems (option ``stem``; ``auto`` picks ``cifar`` for ``image_size <= 64`` and ``
     imagenet       7x7 conv stride 2 + 3x3/2 max-pool, as in the paper (MCL's 224-px ImageNet subset, LfD's
                    ResNet-34 student on the ImageNet subset).
 
+Option ``pretrained: imagenet`` (ImageNet stem only) starts from torchvision's ImageNet weights, all but ``fc``
+(``bench/models/pretrained.py``; D-BR's Table 5 fine-tunes a pretrained ResNet-18).
+
 Module names follow torchvision (``conv1``, ``bn1``, ``layerK.J.{conv1,bn1,conv2,bn2,downsample.0/1}``,
 ``fc``), so its state dicts and those of repositories derived from it load unchanged. ``ResNet`` also takes
 arbitrary per-stage depths and widths, which the low-capacity ResNets of LfD (``bench/models/lowcap.py``)
@@ -117,17 +120,26 @@ class ResNet(Backbone):
 
 # ------------------------------------------------------------------------------------------ builders
 
+def _pretrained(model: ResNet, arch: str, pretrained: str) -> ResNet:
+    if pretrained == "none":
+        return model
+    from bench.models.pretrained import load_imagenet_weights
+    return load_imagenet_weights(model, arch)
+
+
 @register_model("resnet18", display_name="ResNet-18")
 def resnet18(num_classes: int, in_channels: int = 3, image_size: int = 32, mean=None, std=None,
-             stem: Stem = "auto") -> ResNet:
+             stem: Stem = "auto", pretrained: Literal["none", "imagenet"] = "none") -> ResNet:
     """ResNet-18 (He et al., 2016): [2, 2, 2, 2] basic blocks, 64-512 channels; ``stem`` as above."""
-    return ResNet(num_classes, (2, 2, 2, 2), in_channels=in_channels, stem=resolve_stem(stem, image_size),
-                  mean=mean, std=std)
+    model = ResNet(num_classes, (2, 2, 2, 2), in_channels=in_channels, stem=resolve_stem(stem, image_size),
+                   mean=mean, std=std)
+    return _pretrained(model, "resnet18", pretrained)
 
 
 @register_model("resnet34", display_name="ResNet-34")
 def resnet34(num_classes: int, in_channels: int = 3, image_size: int = 32, mean=None, std=None,
-             stem: Stem = "auto") -> ResNet:
+             stem: Stem = "auto", pretrained: Literal["none", "imagenet"] = "none") -> ResNet:
     """ResNet-34 (He et al., 2016): [3, 4, 6, 3] basic blocks (LfD's student on the ImageNet subset)."""
-    return ResNet(num_classes, (3, 4, 6, 3), in_channels=in_channels, stem=resolve_stem(stem, image_size),
-                  mean=mean, std=std)
+    model = ResNet(num_classes, (3, 4, 6, 3), in_channels=in_channels, stem=resolve_stem(stem, image_size),
+                   mean=mean, std=std)
+    return _pretrained(model, "resnet34", pretrained)

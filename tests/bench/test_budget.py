@@ -50,7 +50,7 @@ def test_steps_fields_and_fixed_epochs_are_not_scaled(tmp_path):
     anp = cell_of(tmp_path, {"dataset": {"train_limit": 256}}, "anp")
     assert anp.defense["iterations"] == 2000
     mcr = cell_of(tmp_path, {"dataset": {"train_limit": 256}}, "mcr")     # tiled 10,000-sample epochs
-    assert (mcr.defense["curve_epochs"], mcr.defense["endpoint_epochs"]) == (200, 20)
+    assert (mcr.defense["curve_epochs"], mcr.defense["endpoint_epochs"]) == (200, 100)   # train_baseline.py: 100
     dbd = cell_of(tmp_path, {"dataset": {"train_limit": 256}, "budget": {"defense": {"dbd": {"semi_epochs": 19}}}},
                   "dbd")
     assert (dbd.defense["semi_epochs"], dbd.defense["rampup_epochs"], dbd.defense["simclr_epochs"]) == (19, 19, 400)

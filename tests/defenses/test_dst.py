@@ -11,23 +11,26 @@ from defensetest import MODEL, make_defense, poisoned_digits
 
 from bench.attack import POISONED
 from bench.contrastive import nt_xent, supcon
+from bench.data.imageset import ImageSet
 from bench.models import create_model
+from bench.recipes import lr_factor, warmup_lr
 from bench.stages import build_context
-from bench.train import seed_everything
+from bench.train import fit, seed_everything
 from defenses.dst import DSTConfig, contrastive_labels, mixed_ce, train_classifier
 
 
 def test_simclr_and_supcon_losses_hand_computed():
+    # Bare NT-Xent / SupCon (base_temperature=None; the SupContrast scale is tested in tests/bench).
     # Two images, identical views e0 = (1, 0), e1 = (0, 1), temperature 1.  Each anchor sees cosines 0, 1, 0.
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     lse = math.log(2 + math.e)
     # SimCLR: the positive is the other view (cosine 1): -(1 - lse).
-    assert nt_xent(z, z, 1.0).item() == pytest.approx(lse - 1, abs=1e-6)
+    assert nt_xent(z, z, 1.0, None).item() == pytest.approx(lse - 1, abs=1e-6)
     # SupCon, same label: all three others are positives: -((0 + 1 + 0) / 3 - lse).
-    assert supcon(z, z, torch.tensor([0, 0]), 1.0).item() == pytest.approx(lse - 1 / 3, abs=1e-6)
+    assert supcon(z, z, torch.tensor([0, 0]), 1.0, None).item() == pytest.approx(lse - 1 / 3, abs=1e-6)
     # SS-CTL's -1 (not in D_c): only the own view is a positive, whatever the labels -> SimCLR again.
-    assert supcon(z, z, torch.tensor([0, -1]), 1.0).item() == pytest.approx(lse - 1, abs=1e-6)
-    assert supcon(z, z, torch.tensor([-1, -1]), 1.0).item() == pytest.approx(lse - 1, abs=1e-6)
+    assert supcon(z, z, torch.tensor([0, -1]), 1.0, None).item() == pytest.approx(lse - 1, abs=1e-6)
+    assert supcon(z, z, torch.tensor([-1, -1]), 1.0, None).item() == pytest.approx(lse - 1, abs=1e-6)
     # Temperature 0.5, three images, one D_c pair (labels 0, 0) and one outsider (-1) sharing nothing.
     z3 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     t = 0.5
@@ -40,7 +43,9 @@ def test_simclr_and_supcon_losses_hand_computed():
         lse_a = math.log(sum(math.exp(sims[a][b]) for b in others))
         pos = [b for b in others if b == (a + 3) % 6 or (labels[a] >= 0 and labels[b] == labels[a])]
         total += -sum(sims[a][b] - lse_a for b in pos) / len(pos)
-    assert supcon(z3, z3, torch.tensor([0, -1, 0]), t).item() == pytest.approx(total / 6, abs=1e-5)
+    assert supcon(z3, z3, torch.tensor([0, -1, 0]), t, None).item() == pytest.approx(total / 6, abs=1e-5)
+    # SupContrast's scale factor tau / 0.07 multiplies the same value (the default).
+    assert supcon(z3, z3, torch.tensor([0, -1, 0]), t).item() == pytest.approx(total / 6 * t / 0.07, abs=1e-5)
 
 
 def test_contrastive_labels_per_extractor():
@@ -93,3 +98,29 @@ def test_dst_runs_from_the_poisoned_set_alone(digits):
     assert (poisoned.kind[out.flags] == POISONED).float().mean() > 0.7
     logits = out.model(train.images[:8].float() / 255)
     assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+
+
+def test_extractor_schedule_is_supcontrasts_warmup_then_cosine_with_floor(monkeypatch):
+    """README run: lr 0.5, 200 epochs, batch 512 > 256 -> warm-up 10 epochs from 0.01 (per iteration) to the
+    cosine value at epoch 10, then eta + (lr - eta)(1 + cos(pi e / E)) / 2 with eta = lr / 1000, e from 1."""
+    r = DSTConfig().ctl_recipe()
+    assert (r.lr, r.epochs, r.warmup_epochs, r.warmup_from, r.eta_min) == (0.5, 200, 10, 0.01, 1e-3)
+    assert not r.drop_last and not r.amp
+    eta = 0.5 * 1e-3
+    cosine = lambda e: eta + (0.5 - eta) * (1 + math.cos(math.pi * e / 200)) / 2   # noqa: E731  (util.py)
+    assert r.lr * lr_factor(r, 10) == pytest.approx(cosine(11))         # 0-based epoch 10 = their epoch 11
+    assert warmup_lr(r, 0, 0, 98) == pytest.approx(0.01)
+    assert warmup_lr(r, 9, 97, 98) == pytest.approx(0.01 + (980 - 1) / 980 * (cosine(10) - 0.01))
+    assert warmup_lr(r, 10, 0, 98) is None
+    # fit applies it per iteration: 3 epochs of 2 batches, warm-up over the first 2 epochs.
+    seen = []
+    step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (seen.append(self.param_groups[0]["lr"]),
+                                                                         step(self, *a, **k))[1])
+    small = DSTConfig(ctl_epochs=3, ctl_warmup_epochs=2, ctl_batch_size=4, ctl_lr=0.4).ctl_recipe()
+    data_x = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
+    fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), ImageSet(data_x, torch.zeros(8).long()),
+        small, device=torch.device("cpu"))
+    target = 0.4 * lr_factor(small, 1)
+    assert seen[:4] == pytest.approx([0.01 + p / 4 * (target - 0.01) for p in range(4)])
+    assert seen[4:] == pytest.approx([0.4 * lr_factor(small, 2)] * 2)

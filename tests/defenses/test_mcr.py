@@ -1,13 +1,18 @@
-"""MCR: the Bézier curve passes exactly through its end points; the repaired model is read off the curve."""
+"""MCR: the Bézier curve passes exactly through its end points; an epoch is 10,000 tiled samples whatever the
+subset size; the second end point is the backdoored model fine-tuned for the original's budget; the schedule is
+Garipov et al.'s piecewise-linear one; the repaired model is read off the curve."""
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from defensetest import evaluate, make_context, make_defense
 
+from bench.data.imageset import ImageSet
 from bench.models import create_model
-from defenses.mcr import BezierCurve, bezier, model_at
+from bench.recipes import Recipe, lr_factor
+from defenses.mcr import BezierCurve, MCRConfig, bezier, model_at, tiled
 
 
 def test_bezier_hand_values():
@@ -31,8 +36,7 @@ def test_curve_endpoints_are_exact():
 
 
 def test_mcr_on_digits_changes_the_model_and_keeps_accuracy(backdoor):
-    defense = make_defense({"name": "mcr", "curve_epochs": 5, "endpoint_epochs": 3, "augment": [],
-                            "batch_size": 64})
+    defense = make_defense({"name": "mcr", "curve_epochs": 4, "endpoint_epochs": 2, "epoch_samples": 600})
     ctx = make_context(backdoor, defense, clean_ratio=0.1)
     start = copy.deepcopy(ctx.model)
     out = defense.run(ctx)
@@ -55,8 +59,8 @@ def test_model_at_t0_has_the_backdoored_weights(backdoor):
 
 
 def test_t_chosen_on_held_out_clean_accuracy(backdoor):
-    defense = make_defense({"name": "mcr", "curve_epochs": 5, "endpoint_epochs": 3, "augment": [],
-                            "batch_size": 64, "t_grid": [0.2, 0.4, 0.6]})
+    defense = make_defense({"name": "mcr", "curve_epochs": 4, "endpoint_epochs": 2, "epoch_samples": 600,
+                            "t_grid": [0.2, 0.4, 0.6]})
     ctx = make_context(backdoor, defense, clean_ratio=0.1)
     out = defense.run(ctx)
     scores = {g: out.metrics[f"val_acc_t{g:g}"] for g in (0.2, 0.4, 0.6)}
@@ -70,6 +74,40 @@ def test_t_chosen_on_held_out_clean_accuracy(backdoor):
 
 
 def test_t_grid_outside_unit_interval_is_rejected():
-    import pytest
     with pytest.raises(Exception, match="t_grid"):
         make_defense({"name": "mcr", "t_grid": [0.5, 1.5]})
+
+
+def test_an_epoch_is_10000_samples_whatever_the_subset_size():
+    assert MCRConfig().epoch_samples == 10_000
+    for n in (37, 90, 500):
+        data = ImageSet(torch.arange(n).view(n, 1, 1, 1).to(torch.uint8).expand(n, 1, 2, 2).contiguous(),
+                        torch.arange(n))
+        t = tiled(data, 10_000)
+        counts = torch.bincount(t.labels, minlength=n)
+        assert len(t) == 10_000 and counts.max() - counts.min() <= 1 and counts.min() == 10_000 // n
+        assert torch.equal(t.images[:, 0, 0, 0].long(), t.labels % 256)     # images travel with their labels
+
+
+def test_end_point_is_the_backdoored_model_fine_tuned_for_the_original_budget(backdoor):
+    cfg = MCRConfig()
+    assert (cfg.endpoint_epochs, cfg.endpoint_lr, cfg.endpoint_weight_decay) == (100, 0.015, 1e-4)  # train_baseline.py
+    # One end-point epoch (the default is 100) and no curve training; t = 1 reads the end point itself.
+    defense = make_defense({"name": "mcr", "endpoint_epochs": 1, "curve_epochs": 0, "t": 1.0})
+    ctx = make_context(backdoor, defense, clean_ratio=0.03)
+    seen = []
+    ctx.model.register_forward_pre_hook(
+        lambda m, args: seen.append(len(args[0])) if m.training and torch.is_grad_enabled() else None)
+    start = copy.deepcopy(ctx.model)
+    out = defense.run(ctx)
+    assert len(ctx.clean) < 100 and sum(seen) == 10_000 and len(seen) == 79      # 78 x 128 + the kept 16
+    moved = [float((a.detach() - b.detach()).abs().max()) for a, b in zip(out.model.parameters(), start.parameters())]
+    assert max(moved) > 1e-3 and out.metrics["epoch_samples"] == 10_000
+
+
+def test_piecewise_linear_schedule_by_hand():
+    r = Recipe(lr=0.03, epochs=10, schedule="piecewise_linear")
+    factors = [lr_factor(r, e) for e in range(10)]                  # epochs 1..10 of train.py
+    assert factors[:5] == [1.0] * 5                                 # a = e / 10 <= 0.5
+    assert factors[6] == pytest.approx(1 - (0.7 - 0.5) / 0.4 * 0.99)   # a = 0.7: 0.505
+    assert factors[8] == pytest.approx(0.01) and factors[9] == 0.01    # a = 0.9 -> 0.01, then 0.01

@@ -49,7 +49,8 @@ def test_fct_ranks_poisoned_samples_first(poisoned_digits):
     score_auroc = auroc(split.scores, poisoned)
     dc_precision = 1 - poisoned[split.clean].float().mean().item()
     dp_precision = poisoned[split.poisoned].float().mean().item()
-    # Measured (seed 0): AUROC 0.978, D_c precision 1.000, D_p precision 0.958 (chance: 0.5, 0.9, 0.1).
+    # Measured (seed 0) with L_intra's old k(k-1) normaliser: AUROC 0.978, D_c precision 1.000, D_p precision 0.958
+    # (chance: 0.5, 0.9, 0.1); with the code's k^2 normaliser the thresholds below hold (values not re-printed).
     assert score_auroc > 0.85, score_auroc
     assert dc_precision > 0.98, dc_precision
     assert dp_precision > 0.7, dp_precision
@@ -77,10 +78,11 @@ class _Identity(nn.Module):
 
 def test_intra_class_loss_hand_computed():
     # Centres: class 0 -> (1, 0); class 1 -> (0, 2) -> (0, 1); class 2 -> (1, 1) -> (1, 1)/sqrt 2.
-    # Off-diagonal cosines: 0, 1/sqrt 2, 1/sqrt 2 (each twice) -> mean = (2 / sqrt 2) / 3 = 0.4714.
+    # Off-diagonal cosines: 0, 1/sqrt 2, 1/sqrt 2 (each twice), diagonal zeroed, mean over all 3 x 3 entries (the
+    # code's torch.mean): 2 sqrt 2 / 9 = 0.3143 (the off-diagonal mean would be sqrt 2 / 3 = 0.4714).
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     y = torch.tensor([0, 0, 1, 2])
-    assert intra_class_loss(_Identity(), x, y).item() == pytest.approx(math.sqrt(2) / 3, abs=1e-6)
+    assert intra_class_loss(_Identity(), x, y).item() == pytest.approx(2 * math.sqrt(2) / 9, abs=1e-6)
     assert intra_class_loss(_Identity(), x[:2], y[:2]).item() == 0.0     # one class: no pair
 
 
