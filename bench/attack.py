@@ -52,17 +52,35 @@ class CleanLabelConfig(AttackConfig):
 
 @dataclass(frozen=True)
 class Trigger:
-    """A mask-and-pattern trigger in [0, 1] units: x' = (1 - mask) * x + mask * pattern.
+    """A trigger in [0, 1] units: x' = clip((1 - mask) * x + mask * pattern + offset, 0, 1).
 
-    mask: float [1 or C, H, W] in [0, 1]; pattern: float [C, H, W] in [0, 1].
+    mask: float [1 or C, H, W] in [0, 1]; pattern: float [C, H, W] in [0, 1]; offset: float [1 or C, H, W] in
+    [-1, 1] or None.  Patch and blend triggers are a mask and a pattern (offset None: MCL Eq. 1 exactly);
+    additive triggers (SIG's sinusoid, Trojan's added square, the chessboard) are an offset with an all-zero
+    mask, so MCL's x_hat = T(x) and MESA's box work for every attack that has a fixed trigger.
     """
 
     mask: torch.Tensor
     pattern: torch.Tensor
+    offset: Optional[torch.Tensor] = None
 
     def apply(self, x01: torch.Tensor) -> torch.Tensor:
         m, p = self.mask.to(x01), self.pattern.to(x01)
-        return (1 - m) * x01 + m * p
+        out = (1 - m) * x01 + m * p
+        return out if self.offset is None else (out + self.offset.to(x01)).clamp(0, 1)
+
+    def support(self) -> torch.Tensor:
+        """bool [H, W]: the pixels the trigger touches (mask > 0 or offset != 0 on any channel)."""
+        s = self.mask.reshape(-1, *self.mask.shape[-2:]).amax(0) > 0
+        if self.offset is not None:
+            s = s | (self.offset.reshape(-1, *self.offset.shape[-2:]).abs().amax(0) > 0)
+        return s
+
+    @classmethod
+    def additive(cls, signal_u8: torch.Tensor, channels: int) -> "Trigger":
+        """An added signal in pixel units [1|C, H, W] as a trigger (x' = clip(x + signal / 255))."""
+        h, w = signal_u8.shape[-2:]
+        return cls(torch.zeros(1, h, w), torch.zeros(channels, h, w), signal_u8.float() / 255)
 
 
 @dataclass
