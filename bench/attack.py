@@ -6,9 +6,13 @@ rebuild the same trigger.  Triggers act on uint8 images in [0, 255], before augm
 
 Poison rate (../shared/DESIGN.md):
     ``poison_count`` (absolute, seed 002) wins over ``poison_rate``.  ``poison_rate`` is a fraction of the
-    ``poison_base`` pool: ``non_target`` (default for dirty-label all2one: the NAD / D-BR lineage, 10 % of the
-    non-target samples = 4,500 on CIFAR-10), ``target_class`` (default for clean-label attacks) or ``all``
-    (default for all2all).  The realised count is stored with the poisoned set.
+    ``poison_base`` pool: ``non_target`` (default for dirty-label all2one: 10 % of the non-target samples =
+    4,500 on CIFAR-10), ``target_class`` (default for clean-label attacks) or ``all`` (default for all2all).
+    Each sweep states the pool of the seed it reproduces: MCL's (and NAD's) code draws int(0.1 × 50,000) = 5,000
+    indices of the whole training set and stamps them all, the target-class picks keeping their label
+    (WeCanShow/MCL ``data_loader.py`` l. 217-241), so the MCL sweeps set ``poison_base: all``; its clean-label
+    CL and SIG stamp 0.8 of the target class (``poison_rate: 0.8``, ``target_class``).  The realised count is
+    stored with the poisoned set.
 ASR/RA use ``stamp_test``: all2one keeps the non-target test images, all2all keeps all with target (y+1) mod C.
 """
 from __future__ import annotations
@@ -77,10 +81,10 @@ class Trigger:
         return s
 
     @classmethod
-    def additive(cls, signal_u8: torch.Tensor, channels: int) -> "Trigger":
+    def additive(cls, signal: torch.Tensor, channels: int) -> "Trigger":
         """An added signal in pixel units [1|C, H, W] as a trigger (x' = clip(x + signal / 255))."""
-        h, w = signal_u8.shape[-2:]
-        return cls(torch.zeros(1, h, w), torch.zeros(channels, h, w), signal_u8.float() / 255)
+        h, w = signal.shape[-2:]
+        return cls(torch.zeros(1, h, w), torch.zeros(channels, h, w), signal.float() / 255)
 
 
 @dataclass

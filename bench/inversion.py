@@ -53,6 +53,10 @@ from bench.augment import augment
 from bench.data.imageset import ImageSet
 from bench.train import batch_indices, gen_for_device
 
+INVERSION_STREAM = "inversion"
+"""The seeded random stream (``DefenseContext.generator``) NC and MCL both invert with: given the same target, the
+same clean subset and the shared default setting, they compute the very same trigger, so their Table 1 cells
+differ only in the removal step.  (Each computes it; a cached inversion stage both read is not built.)"""
 MAD_CONSISTENCY = 1.4826          # NC §IV-C: makes the MAD a consistent estimator of a normal's std
 ANOMALY_THRESHOLD = 2.0           # NC §IV-C: index > 2 -> outlier with > 95 % probability
 

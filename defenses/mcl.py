@@ -52,7 +52,7 @@ from torch import nn
 
 from bench.attack import Trigger
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
-from bench.inversion import InversionFields, mad_outliers, scan
+from bench.inversion import INVERSION_STREAM, InversionFields, mad_outliers, scan
 from bench.recipes import Recipe
 from bench.registry import register_defense
 from bench.train import fit
@@ -137,7 +137,7 @@ def mcl_objective(frozen: nn.Module, trigger: Trigger, cfg: MCLConfig) -> Callab
 def _nc_trigger(ctx: DefenseContext, cfg: MCLConfig) -> tuple[Trigger, dict[str, float]]:
     labels = [cfg.target] if cfg.target is not None else None
     inversions = scan(ctx.model, ctx.clean, cfg.inversion(), device=ctx.device,
-                      generator=ctx.generator("mcl.inversion"), labels=labels, eval_data=ctx.clean_val)
+                      generator=ctx.generator(INVERSION_STREAM), labels=labels, eval_data=ctx.clean_val)
     best = min(inversions, key=lambda inv: inv.mask_l1)
     metrics = {"detected_label": float(best.target), **best.metrics()}
     if cfg.target is None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from bench.attack import Trigger
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
-from bench.inversion import InversionFields, mad_outliers, scan
+from bench.inversion import INVERSION_STREAM, InversionFields, mad_outliers, scan
 from bench.recipes import Recipe
 from bench.registry import register_defense
 from bench.train import fit
@@ -112,7 +112,7 @@ class NeuralCleanse(Defense):
             raise ValueError(f"nc.target {cfg.target} is not a class of {ctx.info.name}")
         labels = [cfg.target] if cfg.target is not None else list(range(ctx.info.num_classes))
         inversions = scan(ctx.model, ctx.clean, cfg.inversion(), device=ctx.device,
-                          generator=ctx.generator("nc.inversion"), labels=labels, eval_data=ctx.clean_val)
+                          generator=ctx.generator(INVERSION_STREAM), labels=labels, eval_data=ctx.clean_val)
         if cfg.target is not None:
             flagged, anomaly = [0], float("nan")
         else:

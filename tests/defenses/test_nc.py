@@ -8,6 +8,7 @@ import pytest
 import torch
 from defensetest import evaluate, make_context, make_defense
 
+from defenses.mcl import _nc_trigger
 from defenses.nc import choose_stamped
 
 # Few inversion epochs, short unlearning without crop/flip (digits are not flip-invariant).
@@ -37,8 +38,14 @@ def test_nc_scan_finds_the_target_and_unlearning_lowers_asr(backdoor, inversion)
 def test_nc_with_a_given_target_inverts_only_that_label(backdoor):
     defense = make_defense({"name": "nc", "target": 0, **FAST})
     assert defense.privileged == ("target label",)
-    out = defense.run(make_context(backdoor, defense, clean_ratio=0.1))
+    ctx = make_context(backdoor, defense, clean_ratio=0.1)
+    out = defense.run(ctx)
     assert math.isnan(out.metrics["anomaly_index"]) and out.metrics["detected_label"] == 0
+    # MCL with the same target and inversion fields inverts the very same trigger (one seeded stream, one setting).
+    mcl = make_defense({"name": "mcl", "target": 0, **{k: v for k, v in FAST.items() if k.startswith("inv_")}})
+    trigger, metrics = _nc_trigger(make_context(backdoor, mcl, clean_ratio=0.1), mcl.cfg)
+    assert {k: metrics[k] for k in ("mask_l1", "inversion_found", "inversion_epochs")} == \
+        {k: out.metrics[k] for k in ("mask_l1", "inversion_found", "inversion_epochs")}
     assert evaluate(backdoor, out.model)["asr"] < 0.5            # measured 0.00
 
 
