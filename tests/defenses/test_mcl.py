@@ -145,6 +145,7 @@ def _lr_per_epoch(recipe) -> list[float]:
     lrs = []
     for _ in range(recipe.epochs):
         lrs.append(opt.param_groups[0]["lr"])
+        opt.step()                                   # (no gradient: nothing moves; keeps fit's call order)
         sched.step()
     return lrs
 
