@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.attack import Attack, AttackConfig
+from bench.attack import Attack, AttackConfig, Trigger
 from bench.data.imageset import DataInfo
 from bench.registry import register_attack
 from bench.triggers import add_signal, chessboard
@@ -44,6 +44,9 @@ class Additive(Attack):
 
     def apply_trigger(self, x_u8: torch.Tensor, train: bool) -> torch.Tensor:
         return add_signal(x_u8, self.signal)
+
+    def true_trigger(self) -> Trigger:
+        return Trigger.additive(self.signal, self.info.in_channels)
 
     def poison(self, train, generator, clean_model=None):
         out = super().poison(train, generator, clean_model)

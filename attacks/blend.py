@@ -14,8 +14,11 @@ patch patterns.  The patterns the seeds use:
             half second; it differs from the file by 11.5 grey levels on average (the file's ringing).
     patch   a seeded uniform-noise patch of ``patch_size`` blended under a ``patch_size`` mask: MCL's Blend
             (seed 000 App. A.2: "a random color trigger with a size of 3x3 placed in the center of the image and
-            the blend rate was set at 0.1") and seed 002's (App. C: 3x3 noise patch at a random location, alpha
-            0.4; ``position: random``).
+            the blend rate was set at 0.1"; the authors' code puts that "center" at rows/cols 18-20 of 32,
+            ``position: nad_center``) and seed 002's (App. C: 3x3 noise patch at a random location, alpha 0.4;
+            ``position: random``).
+    nad_patch  the fixed grey 3x3 pattern (255/128) the MCL / NAD code blends (WeCanShow/MCL ``data_loader.py``
+            l. 445-468, alpha 0.2 at ``nad_center``): the authors'-code variant of MCL's Blend.
 Full-image patterns are resized to the image size (bilinear, antialiased); patches are drawn at native size.
 alpha = 0.2 for train and test is the D-BR code and BackdoorBench default; ``test_alpha`` may differ.
 """
@@ -30,9 +33,11 @@ from bench.attack import Attack, AttackConfig, Trigger
 from bench.data.imageset import DataInfo
 from bench.registry import register_attack
 from bench.triggers import (
+    NAD_BLEND3,
     PositionOrRandom,
     blend,
     load_pattern,
+    nearest_resize,
     patch_position,
     place,
     random_patch,
@@ -45,13 +50,13 @@ from bench.triggers import (
 
 @dataclass(frozen=True)
 class BlendConfig(AttackConfig):
-    pattern: Literal["image", "file", "random", "signal", "patch"] = "image"   # seed 001 §5.1 Blend-Kitty
+    pattern: Literal["image", "file", "random", "signal", "patch", "nad_patch"] = "image"   # seed 001 Blend-Kitty
     pattern_path: Optional[str] = None     # pattern "file": an image or .npy, resized to the image size
     sample_image: str = "grace_hopper.jpg"  # pattern "image": a file of matplotlib's sample_data
     alpha: float = 0.2                     # blend rate at poisoning (D-BR code, BackdoorBench; MCL's patch: 0.1)
     test_alpha: Optional[float] = None     # blend rate of the test-time trigger (None: alpha)
     patch_size: int = 3                    # pattern "patch": seed 000 App. A.2 / seed 002 App. C: 3x3
-    position: PositionOrRandom = "center"  # pattern "patch": seed 000 App. A.2 (seed 002: random)
+    position: PositionOrRandom = "center"  # patch patterns: seed 000 App. A.2 (code: nad_center; seed 002: random)
     margin: int = 0
     signal_period: int = 8                 # pattern "signal": stripe period of D-BR's signal file
     target: int = 0                        # seed 001 §5.1 (D-BR code); MCL uses 5, LfD 1
@@ -93,7 +98,9 @@ class Blend(Attack):
                 top, left = random_position(size, s, s, cfg.margin, g)
             else:
                 top, left = patch_position(size, s, s, cfg.position, cfg.margin)
-            self.region, self.pattern = place(random_patch(c, s, s, g), top, left, c, size)
+            patch = (nearest_resize(NAD_BLEND3, s, s).expand(c, s, s) if cfg.pattern == "nad_patch"
+                     else random_patch(c, s, s, g))
+            self.region, self.pattern = place(patch, top, left, c, size)
             self.top, self.left = top, left
 
     def alpha_map(self, train: bool) -> torch.Tensor:
@@ -119,6 +126,6 @@ class Blend(Attack):
     def poison(self, train, generator, clean_model=None):
         out = super().poison(train, generator, clean_model)
         out.params.update(pattern=self.cfg.pattern, alpha=self.cfg.alpha)
-        if self.cfg.pattern == "patch":
+        if self.cfg.pattern in ("patch", "nad_patch"):
             out.params.update(trigger_top=self.top, trigger_left=self.left)
         return out

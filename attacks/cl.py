@@ -3,8 +3,12 @@
 Target-class training images are first made hard to classify by PGD under l_inf (untargeted: ascend the
 cross-entropy of their own label) against a surrogate clean model, then the grid trigger is stamped; labels
 stay correct.  MCL (seed 000 App. A.2): "projected gradient descent (PGD) under the l_inf norm maximizing the
-perturbation size eps = 8", the 3x3 grid in the lower right corner, 8 % poisoning, target 5 (App. B, attacking
-with augmentation: the trigger moves to the centre, ``position: center``).  D-BR (seed 001 §5.1; authors'
+perturbation size eps = 8", the 3x3 grid in the lower right corner, target 5 (App. B, attacking with
+augmentation: the trigger moves to the centre, ``position: center``).  Poison counts by seed (all from the
+target class): MCL's "8% poisoning rate data" is 8 % of the training set — its code (WeCanShow/MCL
+``data_loader.py`` l. 293-311) poisons each target-class image with probability 0.8, about 4,000 on CIFAR-10 —
+so the MCL sweeps set ``poison_rate: 0.8``; LfD 8 % (9.5 % on GTSRB, base not stated: read as 8 % of the target
+class, the default); D-BR 10 % of the target class (its sweeps set ``poison_rate: 0.1``).  D-BR (seed 001 §5.1; authors'
 ``fourCornerTrigger``): PGD eps 8/255, step 2/255, 4 steps with a random start, on a clean model, then the grid
 mirrored into all four corners (their code offsets three of the copies by one pixel; ours sit at ``margin``).
 LfD (seed 003 Tab. 1): 8 %, 9.5 % on GTSRB.  The surrogate is the harness's clean model of the cell's
@@ -47,7 +51,7 @@ class CLConfig(CleanLabelConfig):
     margin: int = 0
     batch_size: int = 256               # PGD batch (memory only; results do not depend on it)
     target: int = 0                     # seed 001 §5.1 (D-BR code); MCL uses 5, LfD 1
-    poison_rate: float = 0.08           # seed 000 §4.1 / seed 003 Tab. 1: 8 % of the target class
+    poison_rate: float = 0.08           # seed 003 Tab. 1: 8 % (of the target class; MCL's count is 0.8 of it)
 
     def __post_init__(self):
         super().__post_init__()

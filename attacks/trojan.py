@@ -94,10 +94,10 @@ class Trojan(Attack):
             return (x01 + m * pattern01).clamp(0, 1)
         return (1 - m) * x01 + m * pattern01
 
-    def true_trigger(self) -> Trigger | None:
-        """Stamped triggers are a mask and a pattern; an added one is not (None)."""
+    def true_trigger(self) -> Trigger:
+        """Stamped: the mask and the pattern; added (MCL's Trojan, the NAD code): the pattern as an offset."""
         if self.cfg.mode == "add":
-            return None
+            return Trigger.additive(self.pattern, self.info.in_channels)
         return Trigger(self.mask.float(), self.pattern.float() / 255)
 
     def poison(self, train, generator, clean_model=None):

@@ -6,9 +6,13 @@ rebuild the same trigger.  Triggers act on uint8 images in [0, 255], before augm
 
 Poison rate (../shared/DESIGN.md):
     ``poison_count`` (absolute, seed 002) wins over ``poison_rate``.  ``poison_rate`` is a fraction of the
-    ``poison_base`` pool: ``non_target`` (default for dirty-label all2one: the NAD / D-BR lineage, 10 % of the
-    non-target samples = 4,500 on CIFAR-10), ``target_class`` (default for clean-label attacks) or ``all``
-    (default for all2all).  The realised count is stored with the poisoned set.
+    ``poison_base`` pool: ``non_target`` (default for dirty-label all2one: 10 % of the non-target samples =
+    4,500 on CIFAR-10), ``target_class`` (default for clean-label attacks) or ``all`` (default for all2all).
+    Each sweep states the pool of the seed it reproduces: MCL's (and NAD's) code draws int(0.1 × 50,000) = 5,000
+    indices of the whole training set and stamps them all, the target-class picks keeping their label
+    (WeCanShow/MCL ``data_loader.py`` l. 217-241), so the MCL sweeps set ``poison_base: all``; its clean-label
+    CL and SIG stamp 0.8 of the target class (``poison_rate: 0.8``, ``target_class``).  The realised count is
+    stored with the poisoned set.
 ASR/RA use ``stamp_test``: all2one keeps the non-target test images, all2all keeps all with target (y+1) mod C.
 """
 from __future__ import annotations
@@ -52,17 +56,35 @@ class CleanLabelConfig(AttackConfig):
 
 @dataclass(frozen=True)
 class Trigger:
-    """A mask-and-pattern trigger in [0, 1] units: x' = (1 - mask) * x + mask * pattern.
+    """A trigger in [0, 1] units: x' = clip((1 - mask) * x + mask * pattern + offset, 0, 1).
 
-    mask: float [1 or C, H, W] in [0, 1]; pattern: float [C, H, W] in [0, 1].
+    mask: float [1 or C, H, W] in [0, 1]; pattern: float [C, H, W] in [0, 1]; offset: float [1 or C, H, W] in
+    [-1, 1] or None.  Patch and blend triggers are a mask and a pattern (offset None: MCL Eq. 1 exactly);
+    additive triggers (SIG's sinusoid, Trojan's added square, the chessboard) are an offset with an all-zero
+    mask, so MCL's x_hat = T(x) and MESA's box work for every attack that has a fixed trigger.
     """
 
     mask: torch.Tensor
     pattern: torch.Tensor
+    offset: Optional[torch.Tensor] = None
 
     def apply(self, x01: torch.Tensor) -> torch.Tensor:
         m, p = self.mask.to(x01), self.pattern.to(x01)
-        return (1 - m) * x01 + m * p
+        out = (1 - m) * x01 + m * p
+        return out if self.offset is None else (out + self.offset.to(x01)).clamp(0, 1)
+
+    def support(self) -> torch.Tensor:
+        """bool [H, W]: the pixels the trigger touches (mask > 0 or offset != 0 on any channel)."""
+        s = self.mask.reshape(-1, *self.mask.shape[-2:]).amax(0) > 0
+        if self.offset is not None:
+            s = s | (self.offset.reshape(-1, *self.offset.shape[-2:]).abs().amax(0) > 0)
+        return s
+
+    @classmethod
+    def additive(cls, signal: torch.Tensor, channels: int) -> "Trigger":
+        """An added signal in pixel units [1|C, H, W] as a trigger (x' = clip(x + signal / 255))."""
+        h, w = signal.shape[-2:]
+        return cls(torch.zeros(1, h, w), torch.zeros(channels, h, w), signal.float() / 255)
 
 
 @dataclass

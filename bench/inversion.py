@@ -1,4 +1,4 @@
-"""Trigger inversion shared by Neural Cleanse and MCL's stage 1 (seed 000 §3.3, Eq. 1-2).
+"""Trigger inversion shared by Neural Cleanse and MCL's stage 1 (seed 000 §3.3, Eq. 1-2; App. A.4).
 
 Neural Cleanse (Wang et al., S&P 2019, §IV) reverse-engineers, for a candidate target label y_t, the smallest
 mask m and a pattern Δ that send clean images to y_t:
@@ -11,16 +11,28 @@ internally, so there is no scale mismatch between the trigger and the input (MCL
 into *normalised* images).  |m|_1 is the sum over the H×W mask (NC's code divides a channel-replicated mask's L1
 by the channel count, which is the same number).
 
+One setting serves both defenses by default: MCL App. A.4, "for the trigger inversion stage in our MCL and NC":
+Adam lr 0.005 (momentum 0.9), batch 64, 100 epochs, λ = 0.01 (0.001 on the ImageNet subset), with the authors'
+loop (WeCanShow/MCL ``main.py`` ``inversion``, lines 18-70): random initial mask and pattern, a fixed λ, mask and
+pattern clipped to [0, 1] after every step (l. 53-54), the mask L1 read after each epoch (l. 55), the patience
+counter reset on *any* decrease of that L1 and the loop stopped once it exceeds 30 (l. 58-66), and the *last*
+trigger returned (l. 70); the clean loader carries crop + flip (``data_loader.py`` l. 19-24).
+``InversionFields`` holds these settings for the two defenses' configs, so NC and MCL get the same inversion
+unless a sweep changes one of them.
+
 Two ways to weigh the L1 term, one option:
+    ``schedule="fixed"``     the authors' loop above (the default).
     ``schedule="adaptive"``  NC's cost schedule (its code, bolunwang/backdoor visualizer.py): λ starts at 0 and is
         set to ``cost`` once the attack succeeds (≥ ``success_threshold``) for ``patience`` steps; then ×2 after
         ``patience`` successful steps, ÷2^1.5 after ``patience`` failing ones.  Early stop once λ has moved both
-        up and down and the best mask L1 has not improved for ``early_stop_patience`` steps.
-    ``schedule="fixed"``     MCL's code: a constant λ, Adam, masks clipped to [0, 1]; early stop after
-        ``early_stop_patience`` epochs without a smaller mask.
+        up and down and the best successful mask L1 has not improved for ``early_stop_patience`` steps; the
+        smallest-L1 trigger among successful epochs is returned (NC's ``SAVE_LAST False``), else the last one.
+        NC's own code also uses Adam lr 0.1, betas (0.5, 0.9), init cost 1e-3, the tanh parametrisation and an
+        early-stop patience of 25 (5 × patience): set those fields for NC's original inversion.
 One NC "step" is one epoch over the defender's clean subset here (NC's code: 31 mini-batches of 32).
-The returned trigger is the smallest-L1 one among epochs whose attack success reached ``success_threshold``
-(NC's ``SAVE_LAST False``), else the last one.
+``found`` says whether the returned trigger reached ``success_threshold``: for the fixed loop, measured on the
+inversion data after the loop (the authors' closing ``attack_with_trigger`` check, l. 68); for NC's schedule,
+whether any epoch succeeded.
 
 ``scan`` inverts every label (or the given ones); ``mad_outliers`` is NC's anomaly index: the absolute deviation
 from the median L1, over the median absolute deviation times the consistency constant 1.4826; a label is flagged
@@ -28,6 +40,7 @@ when its L1 is below the median and its index exceeds 2 (NC §IV-C).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -40,6 +53,10 @@ from bench.augment import augment
 from bench.data.imageset import ImageSet
 from bench.train import batch_indices, gen_for_device
 
+INVERSION_STREAM = "inversion"
+"""The seeded random stream (``DefenseContext.generator``) NC and MCL both invert with: given the same target, the
+same clean subset and the shared default setting, they compute the very same trigger, so their Table 1 cells
+differ only in the removal step.  (Each computes it; a cached inversion stage both read is not built.)"""
 MAD_CONSISTENCY = 1.4826          # NC §IV-C: makes the MAD a consistent estimator of a normal's std
 ANOMALY_THRESHOLD = 2.0           # NC §IV-C: index > 2 -> outlier with > 95 % probability
 
@@ -64,6 +81,34 @@ class InversionConfig:
     early_stop_patience: int = 30                   # MCL code: 30 epochs; NC code: 5 * patience = 25 steps
 
 
+@dataclass(frozen=True)
+class InversionFields:
+    """The inversion settings of a defense config (NC and MCL inherit these: one setting for both, App. A.4)."""
+
+    inv_epochs: int = 100
+    inv_batch_size: int = 64
+    inv_lr: float = 0.005
+    inv_betas: tuple[float, ...] = (0.9, 0.999)              # Adam (beta1, beta2); NC code: (0.5, 0.9)
+    inv_lambda: float = 0.01                                 # λ (fixed) or NC's init_cost (adaptive; NC code 1e-3)
+    inv_schedule: Literal["fixed", "adaptive"] = "fixed"     # the authors' loop | NC's cost schedule
+    inv_parametrisation: Literal["clip", "tanh"] = "clip"    # MCL code: clip | NC code: tanh
+    inv_augment: tuple[str, ...] = ("crop", "flip")
+    inv_success_threshold: float = 0.99
+    inv_patience: int = 5                                    # NC's cost-change patience (adaptive only)
+    inv_early_stop: int = 30                                 # MCL code: > 30 epochs without a smaller mask
+
+    def __post_init__(self):
+        if len(self.inv_betas) != 2:
+            raise ValueError(f"inv_betas must be two numbers, got {list(self.inv_betas)}")
+
+    def inversion(self) -> InversionConfig:
+        return InversionConfig(epochs=self.inv_epochs, batch_size=self.inv_batch_size, lr=self.inv_lr,
+                               betas=(self.inv_betas[0], self.inv_betas[1]), cost=self.inv_lambda,
+                               schedule=self.inv_schedule, parametrisation=self.inv_parametrisation,
+                               augment=self.inv_augment, success_threshold=self.inv_success_threshold,
+                               patience=self.inv_patience, early_stop_patience=self.inv_early_stop)
+
+
 @dataclass
 class Inversion:
     """One inverted label: the trigger, its mask L1, and how often it flips clean images to ``target``."""
@@ -72,8 +117,13 @@ class Inversion:
     trigger: Trigger
     mask_l1: float
     attack_success: float          # on the clean data passed as ``eval_data`` (non-target images, no augmentation)
-    found: bool                    # an epoch reached cfg.success_threshold
+    found: bool                    # the returned trigger reached cfg.success_threshold (see the module docstring)
     epochs: int                    # epochs actually run (early stop)
+
+    def metrics(self) -> dict[str, float]:
+        """The numbers a defense stores for its inversion (NC and MCL store the same ones)."""
+        return {"mask_l1": self.mask_l1, "inversion_asr": self.attack_success,
+                "inversion_found": float(self.found), "inversion_epochs": float(self.epochs)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,11 +169,15 @@ class _CostSchedule:
         self.since_best = 0
 
     def update(self, success: float, improved: bool) -> bool:
-        """Adjust λ after an epoch; return True to stop early."""
+        """Adjust λ after an epoch; return True to stop early.
+
+        ``improved``: fixed schedule, the mask L1 decreased (any decrease, MCL code l. 59); adaptive, a successful
+        epoch gave a smaller mask than the best so far (NC code).
+        """
         c, ok = self.cfg, success >= self.cfg.success_threshold
         self.since_best = 0 if improved else self.since_best + 1
         if not self.adaptive:
-            return self.since_best > c.early_stop_patience
+            return self.since_best > c.early_stop_patience      # MCL code l. 65: ``min_norm_count > 30``
         if self.cost == 0:
             self.set_count = self.set_count + 1 if ok else 0
             if self.set_count >= c.patience:          # first switch-on: λ = init cost, counters restart
@@ -186,7 +240,8 @@ def invert(model: nn.Module, data: ImageSet, target: int, cfg: InversionConfig, 
         generator: a CPU generator (initial values, batch order, augmentation).
         eval_data: where ``attack_success`` is measured (default ``data``).
     Returns:
-        The best trigger (smallest mask among successful epochs, else the last), its L1 and attack success.
+        The trigger (fixed schedule: the last one, as the authors' loop; adaptive: the smallest mask among
+        successful epochs, else the last), its L1, attack success, whether it succeeded and the epochs run.
     """
     model.eval()
     was = [p.requires_grad for p in model.parameters()]
@@ -198,20 +253,28 @@ def invert(model: nn.Module, data: ImageSet, target: int, cfg: InversionConfig, 
         opt = torch.optim.Adam(params.parameters(), lr=cfg.lr, betas=cfg.betas)
         schedule, images = _CostSchedule(cfg), data.images.to(device)
         aug_gen = gen_for_device(generator, device)
-        best: tuple[float, Trigger] | None = None
+        best: tuple[float, Trigger] | None = None        # adaptive: smallest successful mask
+        min_l1 = math.inf                                # fixed: the authors' ``min_norm``
         epochs_run = 0
         for _ in range(cfg.epochs):
             epochs_run += 1
             success = _epoch(model, params, opt, images, target, schedule.cost, cfg, generator, aug_gen)
             l1 = float(params.values()[0].detach().abs().sum())
-            improved = success >= cfg.success_threshold and (best is None or l1 < best[0])
-            if improved:
-                best = (l1, params.trigger())
+            if schedule.adaptive:
+                improved = success >= cfg.success_threshold and (best is None or l1 < best[0])
+                if improved:
+                    best = (l1, params.trigger())
+            else:
+                improved, min_l1 = l1 < min_l1, min(l1, min_l1)
             if schedule.update(success, improved):
                 break
-        found = best is not None
-        trigger = best[1] if found else params.trigger()
-        l1 = best[0] if found else float(trigger.mask.abs().sum())
+        if schedule.adaptive and best is not None:
+            l1, trigger, found = best[0], best[1], True
+        else:
+            trigger = params.trigger()
+            l1 = float(trigger.mask.abs().sum())
+            found = (not schedule.adaptive
+                     and attack_success(model, data, trigger, target) >= cfg.success_threshold)
         asr = attack_success(model, eval_data if eval_data is not None else data, trigger, target)
         return Inversion(target, trigger, l1, asr, found, epochs_run)
     finally:

@@ -12,20 +12,27 @@ from typing import Literal
 import numpy as np
 import torch
 
-Position = Literal["bottom_right", "top_left", "top_right", "bottom_left", "center"]
+Position = Literal["bottom_right", "top_left", "top_right", "bottom_left", "center", "nad_center"]
 """Named patch positions (``patch_position``); attack configs add "random" where a drawn position is allowed."""
-PositionOrRandom = Literal["bottom_right", "top_left", "top_right", "bottom_left", "center", "random"]
+PositionOrRandom = Literal["bottom_right", "top_left", "top_right", "bottom_left", "center", "nad_center", "random"]
+
+NAD_CENTER_OFFSET = 14
+"""The NAD-lineage code's "adaptive center trigger" (``_centerTriger`` / ``_blendTrigger`` in NAD's and WeCanShow/MCL's
+``data_loader.py`` l. 396-412, 455-466): the patch's top-left pixel at (size - 14, size - 14), rows/cols 18-20 of
+a 32 px image: the "center" of MCL's Blend (seed 000 App. A.2) as the authors placed it."""
 
 
 def patch_position(size: int, patch_h: int, patch_w: int, where: str | tuple[int, int], margin: int = 0
                    ) -> tuple[int, int]:
-    """Top-left corner of a patch: 'bottom_right' | 'top_left' | 'top_right' | 'bottom_left' | 'center' | (r, c)."""
+    """Top-left corner of a patch: 'bottom_right' | 'top_left' | 'top_right' | 'bottom_left' | 'center' |
+    'nad_center' (the NAD / MCL code's centre, ``NAD_CENTER_OFFSET``) | (r, c)."""
     if isinstance(where, (tuple, list)):
         return int(where[0]), int(where[1])
     lo_r, lo_c = margin, margin
     hi_r, hi_c = size - patch_h - margin, size - patch_w - margin
     table = {"bottom_right": (hi_r, hi_c), "top_left": (lo_r, lo_c), "top_right": (lo_r, hi_c),
-             "bottom_left": (hi_r, lo_c), "center": ((size - patch_h) // 2, (size - patch_w) // 2)}
+             "bottom_left": (hi_r, lo_c), "center": ((size - patch_h) // 2, (size - patch_w) // 2),
+             "nad_center": (size - NAD_CENTER_OFFSET, size - NAD_CENTER_OFFSET)}
     if where not in table:
         raise ValueError(f"unknown patch position {where!r}; valid: {', '.join(table)}")
     return table[where]
@@ -68,6 +75,8 @@ def add_signal(x_u8: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 GRID3 = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
 """The NAD-lineage 3x3 grid (``gridTrigger``): the bottom-right block of a 0/255 checker whose top-left is 0."""
+NAD_BLEND3 = torch.tensor([[255, 128, 255], [128, 255, 128], [255, 128, 128]], dtype=torch.uint8)
+"""The grey 3x3 pattern the NAD-lineage code blends (``_blendTrigger``, WeCanShow/MCL ``data_loader.py`` l. 456-466)."""
 
 CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
 

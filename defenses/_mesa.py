@@ -12,8 +12,9 @@ Public interface (used by defenses/mcl.py as its ``mesa`` trigger source):
         n:      how many triggers to draw from the learned distribution.
         Returns n ``bench.attack.Trigger``: mask float [1, H, W] = 1 inside ``box`` and 0 elsewhere; pattern
         float [C, H, W] in [0, 1], the generated patch inside ``box`` and 0 elsewhere.
-    trigger_box(trigger) -> (top, left, height, width): the bounding box of a trigger's mask support (to take
-        the "known size and location" from the attack's true trigger, a privileged input).
+    trigger_box(trigger) -> (top, left, height, width): the bounding box of a trigger's support (mask or added
+        offset; to take the "known size and location" from the attack's true trigger, a privileged input).
+    trigger_amplitude(trigger) -> the largest |offset| of an additive trigger, None for a stamped one.
 
 The method (§3): model the distribution of valid triggers x (patches that make the classifier predict the
 target) by the maximum-entropy distribution subject to f(x) > β, where f(x) is the target probability of
@@ -27,11 +28,16 @@ with a statistics network T (MINE's Donsker-Varadhan bound, I ≥ E_joint[T] −
 Defaults as MCL §4.4 fixes them: α = 0.1, β = 0.8 (one staircase step; ``betas`` takes more).  Samples are
 drawn from the sub-generators uniformly.  Network sizes, Adam lr and step counts are not given by MCL and are
 harness choices (small MLPs, lr 1e-3, 1000 steps).
+Additive triggers (deviation: MESA models stamped patches; the paper ran MCL(MESA) on BadNets, Trojan and CL,
+with Trojan's trigger a 3x3 square): with ``amplitude`` set, a generated patch g in [0, 1] is *added* to the box
+as A·(2g − 1), A = the true trigger's largest |offset| (as privileged as the box), and the result clipped to
+[0, 1]; a full-image box (SIG) so keeps the image under the trigger instead of replacing it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,23 +61,34 @@ class MESAConfig:
     steps: int = 1000                   # optimisation steps per sub-generator
     batch_size: int = 64                # clean images (and noise draws) per step
     lr: float = 1e-3                    # Adam, generator and statistics network
+    amplitude: Optional[float] = None   # None: stamp patches; A: add A·(2g − 1) to the box (additive triggers)
 
 
 def trigger_box(trigger: Trigger) -> Box:
-    """(top, left, height, width) of the support of ``trigger.mask``."""
-    support = trigger.mask.reshape(-1, *trigger.mask.shape[-2:]).amax(0) > 0
+    """(top, left, height, width) of the bounding box of ``trigger.support()``."""
+    support = trigger.support()
     rows, cols = torch.nonzero(support.any(1)).flatten(), torch.nonzero(support.any(0)).flatten()
     if not len(rows):
         raise ValueError("the trigger's mask is empty")
     return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
 
-def stamp(x01: torch.Tensor, patches: torch.Tensor, box: Box) -> torch.Tensor:
-    """Replace the ``box`` region of images float [B, C, H, W] by patches float [B, C, h, w] (differentiable)."""
+def trigger_amplitude(trigger: Trigger) -> float | None:
+    """The largest |offset| of an additive trigger ([0, 1] units); None when the trigger is stamped."""
+    return None if trigger.offset is None else float(trigger.offset.abs().max())
+
+
+def stamp(x01: torch.Tensor, patches: torch.Tensor, box: Box, amplitude: float | None = None) -> torch.Tensor:
+    """Put patches float [B, C, h, w] in [0, 1] into the ``box`` of images float [B, C, H, W] (differentiable):
+    replace the region, or with ``amplitude`` A add A·(2·patch − 1) there and clip to [0, 1]."""
     top, left, h, w = box
-    out = x01.clone()
-    out[:, :, top:top + h, left:left + w] = patches
-    return out
+    if amplitude is None:
+        out = x01.clone()
+        out[:, :, top:top + h, left:left + w] = patches
+        return out
+    offset = torch.zeros_like(x01)
+    offset[:, :, top:top + h, left:left + w] = amplitude * (2 * patches - 1)
+    return (x01 + offset).clamp(0, 1)
 
 
 # --- §3.2: generator, entropy estimate, staircase objective -----------------------------------------------------
@@ -124,7 +141,7 @@ def step_loss(step: _Step, classifier: nn.Module, x01: torch.Tensor, target: int
     """L_i on one batch.  G descends hinge − α·I; T ascends I (its own copy of I, on detached patches)."""
     z = torch.randn(len(x01), cfg.z_dim, generator=noise).to(x01.device)
     patches = step.generator(z)
-    p_target = F.softmax(classifier(stamp(x01, patches, box)), 1)[:, target]
+    p_target = F.softmax(classifier(stamp(x01, patches, box, cfg.amplitude)), 1)[:, target]
     shuffled = z[torch.randperm(len(z), generator=noise).to(z.device)]
     frozen_t = {k: v.detach() for k, v in step.statistics.named_parameters()}
     mi_g = dv_bound(functional_call(step.statistics, frozen_t, (z, patches)),
@@ -174,11 +191,18 @@ def sample_triggers(model: nn.Module, clean: ImageSet, target: int, box: Box, n:
     noise = torch.Generator().manual_seed(seed + 7919)
     pick = torch.randint(len(gens), (n,), generator=noise)
     z = torch.randn(n, cfg.z_dim, generator=noise).to(device)
+    channels = clean.images.shape[1]
     mask = torch.zeros(1, height, width)
-    mask[:, top:top + h, left:left + w] = 1.0
+    if cfg.amplitude is None:
+        mask[:, top:top + h, left:left + w] = 1.0
     triggers = []
     for i in range(n):
-        pattern = torch.zeros(clean.images.shape[1], height, width)
-        pattern[:, top:top + h, left:left + w] = gens[int(pick[i])](z[i:i + 1])[0].float().cpu()
-        triggers.append(Trigger(mask=mask.clone(), pattern=pattern))
+        patch = torch.zeros(channels, height, width)
+        patch[:, top:top + h, left:left + w] = gens[int(pick[i])](z[i:i + 1])[0].float().cpu()
+        if cfg.amplitude is None:
+            triggers.append(Trigger(mask=mask.clone(), pattern=patch))
+        else:
+            offset = torch.zeros(channels, height, width)
+            offset[:, top:top + h, left:left + w] = cfg.amplitude * (2 * patch[:, top:top + h, left:left + w] - 1)
+            triggers.append(Trigger(mask.clone(), torch.zeros(channels, height, width), offset))
     return triggers

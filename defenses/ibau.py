@@ -28,6 +28,13 @@ Defaults are the I-BAU code's (``defense.py`` arguments and constants): MCL App.
 "followed all the settings in the original paper, e.g., learning rate, batch size", because I-BAU does not
 work with the elimination-stage settings the other defenses share.
 
+Scale.  The original adds delta to the *normalised* images its loaders produce (MCL's I-BAU runs use the NAD
+loaders, WeCanShow/MCL ``data_loader.py`` l. 19-24: Normalize with CIFAR-10 std ~0.2), while the zoo's models
+take [0, 1] input and normalise inside ``forward``.  So delta lives in normalised units here too
+(``delta_space: normalised``, the default) and is added to [0, 1] images as delta · std (per channel): the same
+delta_lr = 10, reg = 1e-3 and L2 radius then act on the same perturbation as in the original (in [0, 1] units
+the perturbation would be ~1/std ≈ 4-5× larger).  ``delta_space: pixel`` adds delta in [0, 1] units.
+
 Deviations: (a) the original unlearns on the first 5,000 *test* images; here the defender's clean subset
 (training images) is used, as for every post-training defense.  (b) The original's inner loss for the
 hypergradient always reads the first batch (``images_list[0]``); here it reads the current batch, the one the
@@ -64,6 +71,7 @@ class IBAUConfig(DefenseConfig):
     # clamps perturbed images to [0, 1].  None / False = defense.py.
     delta_norm: Optional[float] = None
     clamp: bool = False
+    delta_space: Literal["normalised", "pixel"] = "normalised"   # the original's: delta on normalised images
 
     def recipe(self) -> Recipe:
         """The outer optimizer as a recipe (Adam without weight decay, no schedule, no augmentation)."""
@@ -112,12 +120,21 @@ def implicit_hypergradient(delta: torch.Tensor, params: Sequence[torch.Tensor],
 
 # ---- the two I-BAU steps ----------------------------------------------------------------------------------
 
-def _perturb(x: torch.Tensor, delta: torch.Tensor, clamp: bool) -> torch.Tensor:
-    return (x + delta).clamp(0, 1) if clamp else x + delta
+def _perturb(x: torch.Tensor, delta: torch.Tensor, clamp: bool, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """x + delta · scale on [0, 1] images (scale: the normalisation std [1, C, 1, 1], or 1 for pixel units)."""
+    out = x + delta * scale
+    return out.clamp(0, 1) if clamp else out
+
+
+def delta_scale(info, cfg: IBAUConfig, device: torch.device) -> torch.Tensor | float:
+    """What one unit of delta is in [0, 1] pixels: the dataset's std per channel (normalised space) or 1."""
+    if cfg.delta_space == "pixel":
+        return 1.0
+    return torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 def maximise_perturbation(model: nn.Module, images: torch.Tensor, batches: list[torch.Tensor],
-                          cfg: IBAUConfig) -> torch.Tensor:
+                          cfg: IBAUConfig, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Step 1: one SGD pass on the universal delta, pushing predictions away from the model's own labels."""
     delta = torch.zeros_like(images[:1], requires_grad=True)
     opt = torch.optim.SGD([delta], lr=cfg.delta_lr)
@@ -125,7 +142,7 @@ def maximise_perturbation(model: nn.Module, images: torch.Tensor, batches: list[
         x = images[idx]
         with torch.no_grad():
             pseudo = model(x).argmax(1)
-        loss = -F.cross_entropy(model(_perturb(x, delta, cfg.clamp)), pseudo) + cfg.reg * delta.pow(2).sum()
+        loss = -F.cross_entropy(model(_perturb(x, delta, cfg.clamp, scale)), pseudo) + cfg.reg * delta.pow(2).sum()
         opt.zero_grad()
         delta.grad = torch.autograd.grad(loss, delta)[0]
         opt.step()
@@ -136,17 +153,17 @@ def maximise_perturbation(model: nn.Module, images: torch.Tensor, batches: list[
 
 
 def unlearning_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: IBAUConfig,
-                      gen: torch.Generator) -> tuple[Callable, Callable]:
+                      gen: torch.Generator, scale: torch.Tensor | float = 1.0) -> tuple[Callable, Callable]:
     """The inner objective g and the outer objective H of one batch, as functions of delta."""
     n_patch = int(len(x) * cfg.outer_portion)
     patched = torch.zeros(len(x), 1, 1, 1, device=x.device)
     patched[torch.randperm(len(x), generator=gen)[:n_patch].to(x.device)] = 1.0
 
     def inner_loss(delta: torch.Tensor) -> torch.Tensor:
-        return -F.cross_entropy(model(_perturb(x, delta, cfg.clamp)), y) + cfg.reg * delta.pow(2).sum()
+        return -F.cross_entropy(model(_perturb(x, delta, cfg.clamp, scale)), y) + cfg.reg * delta.pow(2).sum()
 
     def outer_loss(delta: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(_perturb(x, patched * delta, cfg.clamp)), y)
+        return F.cross_entropy(model(_perturb(x, patched * delta, cfg.clamp, scale)), y)
 
     return inner_loss, outer_loss
 
@@ -167,11 +184,11 @@ class IBAU(Defense):
         opt = make_optimizer(params, cfg.recipe())
         gen = ctx.generator("ibau")
         batches = list(batch_indices(len(data), cfg.batch_size, gen, ctx.device, shuffle=False))
-        delta = torch.zeros_like(images[:1])
+        delta, scale = torch.zeros_like(images[:1]), delta_scale(ctx.info, cfg, ctx.device)
         for rnd in range(cfg.n_rounds):
-            delta = maximise_perturbation(model, images, batches, cfg)
+            delta = maximise_perturbation(model, images, batches, cfg, scale)
             for idx in batches:
-                inner_loss, outer_loss = unlearning_losses(model, images[idx], labels[idx], cfg, gen)
+                inner_loss, outer_loss = unlearning_losses(model, images[idx], labels[idx], cfg, gen, scale)
                 grads = implicit_hypergradient(delta, params, inner_loss, outer_loss, cfg.k, cfg.fp_step, cfg.tol)
                 for p, g in zip(params, grads):
                     p.grad = g

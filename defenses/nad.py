@@ -13,8 +13,9 @@ mean squared difference over batch and H x W; its beta values (500 / 1000 / 1000
 CIFAR-10 and GTSRB and tuned beta by hand on the ImageNet subset (values not given): set ``betas`` there.
 
 Training settings: MCL App. A.4, "for NAD, the training settings of the two stages are the same as the MCL
-backdoor elimination stage" -- 20 epochs, SGD lr 0.1 (0.01 on GTSRB) / 10 at epochs 2 and 10, momentum 0.9,
-wd 1e-4, batch 64, random crop + flip -- i.e. FT's settings (defenses/ft.py), which both stages reuse.  The rest
+backdoor elimination stage" -- 20 epochs, SGD lr 0.1 (0.01 on GTSRB), lr / 10 after epochs 1 and 10 (2 and 10
+on GTSRB: the MCL code's schedule, defenses/ft.py), momentum 0.9, wd 1e-4, batch 64, random crop + flip -- i.e.
+FT's settings, which both stages reuse.  The rest
 follows NAD: beta per block, p = 2, the teacher frozen in eval mode while distilling.  Blocks default to the
 model's last three ``feature_info`` blocks (the three WRN groups; "the latest three residual groups" of
 ResNet-18 on the ImageNet subset, App. A.4), or all of them when a model has fewer.
@@ -37,7 +38,7 @@ from bench.defense import Defense, DefenseContext, DefenseResult
 from bench.features import block_names, tap
 from bench.registry import register_defense
 from bench.train import fit
-from defenses.ft import FTConfig
+from defenses.ft import FineTuning, FTConfig
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class NeuralAttentionDistillation(Defense):
     Config = NADConfig
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
-    per_dataset = {"gtsrb": {"lr": 0.01}}   # MCL §4.1: the elimination stage uses lr 0.01 on GTSRB
+    per_dataset = FineTuning.per_dataset     # MCL §4.1 / code: lr 0.01 and milestones (2, 10) on GTSRB
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg, recipe = self.cfg, self.cfg.recipe()

@@ -1,20 +1,27 @@
 """Neural Cleanse (Wang et al., S&P 2019) with unlearning, as MCL compares against it (seed 000 Table 1).
 
 §IV-B (detection): for every label, reverse-engineer the smallest trigger that sends clean images to it
-(``bench/inversion.py``: mask + pattern, CE + λ·|m|_1 with NC's adaptive cost schedule).  §IV-C: the MAD anomaly
-index (consistency 1.4826) of the smallest mask; labels whose L1 lies below the median with index > 2 are flagged.
+(``bench/inversion.py``: mask + pattern, CE + λ·|m|_1).  §IV-C: the MAD anomaly index (consistency 1.4826) of
+the smallest mask; labels whose L1 lies below the median with index > 2 are flagged.
 §VI-B (mitigation by unlearning): fine-tune the model on the clean subset where a fraction of the images carry a
 reversed trigger and keep their *true* labels.  NC's repository ships no mitigation; the unlearning follows
 BackdoorBench (20 % of the clean subset stamped; if no label is flagged the model is returned unchanged).
 
-Defaults.  Inversion: MCL App. A.4 ("for the trigger inversion stage in our MCL and NC"): Adam lr 0.005 with
-momentum 0.9, batch 64, 100 epochs, λ = 0.01 (0.001 on the ImageNet subset) — here the initial cost of NC's
-schedule, which NC's code sets to 1e-3; NC's tanh parametrisation, success threshold 0.99, patience 5, ×2 / ÷2^1.5,
-early stop after 25 steps without a smaller mask.  One NC "step" is one epoch over the clean subset.  Unlearning:
-MCL §4.1 "the settings of other defense methods were consistent with our MCL": SGD lr 0.1 (0.01 GTSRB), momentum
-0.9, wd 1e-4, batch 64, 20 epochs, ÷10 at epochs 2 and 10 (App. A.4), crop + flip.
+Inversion: the same setting as MCL's stage 1 by default (``InversionFields``): MCL App. A.4 gives one setting
+"for the trigger inversion stage in our MCL and NC" — Adam lr 0.005 with momentum 0.9, batch 64, 100 epochs,
+λ = 0.01 (0.001 on the ImageNet subset) — and the authors' loop (WeCanShow/MCL ``main.py`` l. 18-70: fixed λ,
+clipped mask, patience reset on any smaller mask, > 30 epochs without one stops, the last trigger kept).  So a
+Table 1 difference between NC and MCL comes from the removal step, not from two inversions.  NC's original
+schedule is an option: ``inv_schedule: adaptive`` (with NC's code values ``inv_lr: 0.1``, ``inv_betas: [0.5,
+0.9]``, ``inv_lambda: 0.001``, ``inv_parametrisation: tanh``, ``inv_early_stop: 25``).
+Unlearning: MCL §4.1 "the settings of other defense methods were consistent with our MCL": SGD lr 0.1 (0.01
+GTSRB), momentum 0.9, wd 1e-4, batch 64, 20 epochs, crop + flip, lr ÷10 after epochs 1 and 10 on CIFAR-10 and
+the ImageNet subset and after 2 and 10 on GTSRB (the authors' ``fine_defense_adjust_learning_rate``,
+``utils/util.py`` l. 76-99; App. A.4's "2nd and 10th" is their GTSRB schedule).
 ``target`` (MCL's assumption, §3.3: "we assume that the target label ... has been detected") inverts that label
 only and unlearns it without the outlier test; it is privileged knowledge and marked so.
+Stored with the result: the detected label's mask L1, whether its inversion reached the success threshold
+(``inversion_found``), the epochs it ran (``inversion_epochs``) and its attack success on the held-out slice.
 NC's code inverts on the GTSRB *test* set; here inversion uses the defender's clean subset, and the reported
 ``inversion_asr`` is measured on its held-out slice (``clean_val``).  The unlearned model is the last epoch's.
 Several flagged labels: the stamped fifth of the clean subset cycles through their triggers.
@@ -22,58 +29,39 @@ Several flagged labels: the stamped fifth of the clean subset cycles through the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from bench.attack import Trigger
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
-from bench.inversion import InversionConfig, mad_outliers, scan
+from bench.inversion import INVERSION_STREAM, InversionFields, mad_outliers, scan
 from bench.recipes import Recipe
 from bench.registry import register_defense
 from bench.train import fit
 
 
 @dataclass(frozen=True)
-class NCConfig(DefenseConfig):
+class NCConfig(InversionFields, DefenseConfig):
+    """NC: the shared inversion fields (MCL App. A.4, ``InversionFields``), the outlier test and the unlearning."""
+
     target: Optional[int] = None                  # None: scan every label (NC §IV-B); int: MCL's known target
-    # -- trigger inversion (MCL App. A.4 + NC's cost schedule) --
-    inv_epochs: int = 100
-    inv_batch_size: int = 64
-    inv_lr: float = 0.005
-    inv_betas: tuple[float, ...] = (0.9, 0.999)     # Adam (beta1, beta2); NC code: (0.5, 0.9)
-    init_cost: float = 0.01                       # A.4's λ as NC's init_cost (NC code: 1e-3)
-    cost_schedule: Literal["adaptive", "fixed"] = "adaptive"
-    parametrisation: Literal["tanh", "clip"] = "tanh"
-    inv_augment: tuple[str, ...] = ("crop", "flip")
-    success_threshold: float = 0.99
-    patience: int = 5
-    early_stop_patience: int = 25                 # NC code: 5 * patience
     anomaly_threshold: float = 2.0                # §IV-C
     # -- unlearning (BackdoorBench's mitigation, MCL's fine-tuning settings) --
     unlearn_fraction: float = 0.2
     epochs: int = 20
     lr: float = 0.1
-    milestones: tuple[int, ...] = (2, 10)
+    milestones: tuple[int, ...] = (1, 10)         # MCL code utils/util.py l. 77-85 (CIFAR-10, ImageNet subset)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 64
     augment: tuple[str, ...] = ("crop", "flip")
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 <= self.unlearn_fraction <= 1.0:
             raise ValueError(f"unlearn_fraction must be in [0, 1], got {self.unlearn_fraction}")
-        if len(self.inv_betas) != 2:
-            raise ValueError(f"inv_betas must be two numbers, got {list(self.inv_betas)}")
-
-    def inversion(self) -> InversionConfig:
-        return InversionConfig(epochs=self.inv_epochs, batch_size=self.inv_batch_size, lr=self.inv_lr,
-                               betas=(self.inv_betas[0], self.inv_betas[1]), cost=self.init_cost,
-                               schedule=self.cost_schedule,
-                               parametrisation=self.parametrisation, augment=self.inv_augment,
-                               success_threshold=self.success_threshold, patience=self.patience,
-                               early_stop_patience=self.early_stop_patience)
 
     def recipe(self) -> Recipe:
         return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -111,7 +99,8 @@ class NeuralCleanse(Defense):
     paradigm = "post_training"
     needs = frozenset({"backdoored_model", "clean_subset"})
     uses_clean_val = True
-    per_dataset = {"gtsrb": {"lr": 0.01}, "imagenet_subset": {"init_cost": 0.001}}
+    per_dataset = {"gtsrb": {"lr": 0.01, "milestones": (2, 10)},          # MCL code utils/util.py l. 86-94
+                   "imagenet_subset": {"inv_lambda": 0.001}}                # App. A.4
 
     def __init__(self, cfg: NCConfig):
         super().__init__(cfg)
@@ -124,17 +113,18 @@ class NeuralCleanse(Defense):
             raise ValueError(f"nc.target {cfg.target} is not a class of {ctx.info.name}")
         labels = [cfg.target] if cfg.target is not None else list(range(ctx.info.num_classes))
         inversions = scan(ctx.model, ctx.clean, cfg.inversion(), device=ctx.device,
-                          generator=ctx.generator("nc.inversion"), labels=labels, eval_data=ctx.clean_val)
+                          generator=ctx.generator(INVERSION_STREAM), labels=labels, eval_data=ctx.clean_val)
         if cfg.target is not None:
             flagged, anomaly = [0], float("nan")
         else:
             out = mad_outliers([inv.mask_l1 for inv in inversions], cfg.anomaly_threshold)
             flagged, anomaly = out.flagged, out.anomaly_index
         smallest = min((inversions[k] for k in flagged), key=lambda inv: inv.mask_l1, default=None)
+        reported = smallest or min(inversions, key=lambda inv: inv.mask_l1)
         metrics = {"anomaly_index": anomaly, "n_flagged": float(len(flagged)),
-                   "detected_label": float(smallest.target) if smallest else -1.0,
-                   "mask_l1": smallest.mask_l1 if smallest else min(inv.mask_l1 for inv in inversions),
-                   "inversion_asr": smallest.attack_success if smallest else float("nan")}
+                   "detected_label": float(smallest.target) if smallest else -1.0, **reported.metrics()}
+        if not smallest:
+            metrics["inversion_asr"] = float("nan")
         if not flagged:                      # BackdoorBench: no backdoor detected -> model unchanged
             return DefenseResult(model=ctx.model, metrics=metrics)
         triggers = [inversions[k].trigger for k in flagged]

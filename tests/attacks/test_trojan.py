@@ -28,7 +28,10 @@ def test_mcl_square_is_added_3x3_four_pixels_from_the_corner(make_attack):
     p = attack.pattern[:, 9:12, 9:12].int()
     assert torch.equal(out[..., 9:12, 9:12].int(), (x[..., 9:12, 9:12].int() + p).clamp(max=255))
     assert int(attack.pattern[:, ~box].abs().sum()) == 0 and len(p.unique()) > 3
-    assert attack.true_trigger() is None                     # an added trigger is not a mask + pattern
+    trig = attack.true_trigger()                             # the added square as an offset (MCL(True) on Trojan)
+    assert float(trig.mask.abs().sum()) == 0 and torch.equal(trig.support(), box)
+    via = trig.apply(x.float() / 255).mul(255).round()
+    assert torch.equal(via, out.float())
 
 
 def test_tj_sq_stamped_and_bounded(make_attack):

@@ -79,3 +79,62 @@ def test_scan_covers_every_label_of_the_head():
     cfg = InversionConfig(epochs=2, batch_size=16, augment=())
     out = scan(_PixelNet(), data, cfg, device=torch.device("cpu"), generator=g)
     assert [inv.target for inv in out] == [0, 1]
+
+
+class _NeverNet(nn.Module):
+    """Always class 0: no trigger succeeds for label 1, so only λ·|m|_1 moves the mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 2)
+
+    def forward(self, x):
+        return torch.tensor([[5.0, 0.0]]).expand(len(x), 2)
+
+
+def _never_data():
+    g = torch.Generator().manual_seed(0)
+    return ImageSet((torch.rand(16, 1, 4, 4, generator=g) * 255).to(torch.uint8), torch.zeros(16, dtype=torch.long))
+
+
+def test_authors_early_stop_resets_on_any_smaller_mask_even_without_success():
+    """MCL code main.py l. 58-66: ``norm < min_norm`` resets the count, success or not; > patience stops."""
+    data = _never_data()
+    slow = InversionConfig(epochs=12, batch_size=16, lr=1e-3, cost=0.01, augment=(), early_stop_patience=3)
+    inv = invert(_NeverNet(), data, 1, slow, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    # The mask shrinks a little every epoch and never succeeds: all 12 epochs run (the old rule, patience reset
+    # only by a successful smaller mask, stopped after 4), and the last trigger comes back, marked not found.
+    assert inv.epochs == 12 and not inv.found and inv.attack_success == 0.0
+    assert inv.mask_l1 == pytest.approx(float(inv.trigger.mask.sum()))
+    fast = InversionConfig(epochs=100, batch_size=16, lr=0.2, cost=0.01, augment=(), early_stop_patience=3)
+    inv = invert(_NeverNet(), data, 1, fast, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    # The L1 term drives the clipped mask to 0 within a few epochs; it cannot shrink further, so the loop stops
+    # 4 epochs (> 3 without a smaller mask) after the first all-zero epoch.
+    assert inv.mask_l1 == 0.0 and inv.epochs < 20
+    zero_at = _first_zero_epoch(fast, data)
+    assert inv.epochs == zero_at + 4
+
+
+def _first_zero_epoch(cfg, data) -> int:
+    """Re-run the same seeded inversion one epoch at a time and return the first epoch whose mask L1 is 0."""
+    for n in range(1, cfg.epochs + 1):
+        short = InversionConfig(**{**cfg.__dict__, "epochs": n})
+        if invert(_NeverNet(), data, 1, short, device=torch.device("cpu"),
+                  generator=torch.Generator().manual_seed(0)).mask_l1 == 0.0:
+            return n
+    raise AssertionError("the mask never reached 0")
+
+
+def test_nc_and_mcl_share_one_inversion_setting_by_default():
+    """MCL App. A.4: one inversion setting "for our MCL and NC", on every dataset of Table 1."""
+    from bench.registry import DEFENSES
+
+    for dataset in ("cifar10", "gtsrb", "imagenet_subset"):
+        nc = DEFENSES.resolve({"name": "nc", "target": 5}, "defense", dataset)[1].inversion()
+        mcl = DEFENSES.resolve({"name": "mcl", "target": 5}, "defense", dataset)[1].inversion()
+        assert nc == mcl
+        assert (nc.epochs, nc.batch_size, nc.lr, nc.schedule, nc.parametrisation, nc.early_stop_patience) == \
+            (100, 64, 0.005, "fixed", "clip", 30)
+        assert nc.cost == (0.001 if dataset == "imagenet_subset" else 0.01)
+    original = DEFENSES.resolve({"name": "nc", "inv_schedule": "adaptive"}, "defense", "cifar10")[1].inversion()
+    assert original.schedule == "adaptive"                 # NC's own cost schedule stays available

@@ -49,3 +49,29 @@ def test_ibau_changes_the_model_and_lowers_asr(backdoor):
     assert after["asr"] <= backdoor.metrics["asr"] - 0.25, after
     assert after["ba"] >= backdoor.metrics["ba"] - 0.3, after
     assert out.metrics["delta_l2"] > 0
+
+
+def test_delta_lives_in_normalised_units_by_default():
+    """The original adds delta to normalised images; our models normalise inside, so one unit of delta is one
+    std of [0, 1] pixels (per channel), unless ``delta_space: pixel``."""
+    from types import SimpleNamespace
+
+    from defenses.ibau import IBAUConfig, delta_scale, unlearning_losses
+
+    seen = []
+
+    class _Record(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x.flatten(1)[:, :2]
+
+    info = SimpleNamespace(std=(0.25, 0.5))
+    x, y = torch.full((4, 2, 3, 3), 0.5), torch.zeros(4, dtype=torch.long)
+    delta = torch.ones(1, 2, 3, 3)
+    for space, step in [("normalised", (0.25, 0.5)), ("pixel", (1.0, 1.0))]:
+        cfg = IBAUConfig(delta_space=space)
+        inner, _ = unlearning_losses(_Record(), x, y, cfg, torch.Generator().manual_seed(0),
+                                     delta_scale(info, cfg, torch.device("cpu")))
+        inner(delta)
+        assert torch.allclose(seen[-1][:, 0], torch.full((4, 3, 3), 0.5 + step[0]))
+        assert torch.allclose(seen[-1][:, 1], torch.full((4, 3, 3), 0.5 + step[1]))

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from defensetest import evaluate, make_context, make_defense
 
+from defenses.mcl import _nc_trigger
 from defenses.nc import choose_stamped
 
-# Few inversion epochs (patience 1 so NC's cost schedule switches on and moves within them), short unlearning
-# without crop/flip (digits are not flip-invariant).
-FAST = {"inv_epochs": 8, "inv_lr": 0.1, "inv_augment": [], "patience": 1, "early_stop_patience": 3,
+# Few inversion epochs, short unlearning without crop/flip (digits are not flip-invariant).
+FAST = {"inv_epochs": 8, "inv_lr": 0.1, "inv_augment": [], "inv_early_stop": 3,
         "epochs": 5, "milestones": [2], "lr": 0.01, "augment": []}
+# NC's original cost schedule (patience 1 so it switches on and moves within the few epochs).
+ADAPTIVE = {"inv_schedule": "adaptive", "inv_parametrisation": "tanh", "inv_lambda": 1e-3, "inv_patience": 1}
 
 
-def test_nc_scan_finds_the_target_and_unlearning_lowers_asr(backdoor):
-    defense = make_defense({"name": "nc", **FAST})
+@pytest.mark.parametrize("inversion", [{}, ADAPTIVE], ids=["shared_mcl_setting", "nc_original_schedule"])
+def test_nc_scan_finds_the_target_and_unlearning_lowers_asr(backdoor, inversion):
+    defense = make_defense({"name": "nc", **FAST, **inversion})
     ctx = make_context(backdoor, defense, clean_ratio=0.1)
     out = defense.run(ctx)
+    print(inversion, out.metrics)
+    assert out.metrics["inversion_found"] == 1.0 and 1 <= out.metrics["inversion_epochs"] <= 8
     # Measured (seed 0): anomaly index 7.3, labels {0, 8} flagged, target mask L1 39 of 256 pixels after 8 epochs.
     assert out.metrics["detected_label"] == backdoor.attack.cfg.target == 0
     assert out.metrics["anomaly_index"] > 2
@@ -32,8 +38,14 @@ def test_nc_scan_finds_the_target_and_unlearning_lowers_asr(backdoor):
 def test_nc_with_a_given_target_inverts_only_that_label(backdoor):
     defense = make_defense({"name": "nc", "target": 0, **FAST})
     assert defense.privileged == ("target label",)
-    out = defense.run(make_context(backdoor, defense, clean_ratio=0.1))
+    ctx = make_context(backdoor, defense, clean_ratio=0.1)
+    out = defense.run(ctx)
     assert math.isnan(out.metrics["anomaly_index"]) and out.metrics["detected_label"] == 0
+    # MCL with the same target and inversion fields inverts the very same trigger (one seeded stream, one setting).
+    mcl = make_defense({"name": "mcl", "target": 0, **{k: v for k, v in FAST.items() if k.startswith("inv_")}})
+    trigger, metrics = _nc_trigger(make_context(backdoor, mcl, clean_ratio=0.1), mcl.cfg)
+    assert {k: metrics[k] for k in ("mask_l1", "inversion_found", "inversion_epochs")} == \
+        {k: out.metrics[k] for k in ("mask_l1", "inversion_found", "inversion_epochs")}
     assert evaluate(backdoor, out.model)["asr"] < 0.5            # measured 0.00
 
 

@@ -19,19 +19,27 @@ from bench.train import fit, seed_everything
 MODEL = {"name": "small_cnn", "width": 16}
 
 
-def poisoned_digits():
-    """BadNets (3x3 grid, target 0, 10 % of non-target digits) on digits: (bundle, attack, poisoned, train)."""
+BADNETS = {"name": "badnets", "target": 0, "poison_rate": 0.1}
+
+
+def poisoned_digits(spec=None, relabel: bool = False):
+    """``spec`` (default BadNets: 3x3 grid, target 0, 10 % of non-target digits) on digits:
+    (bundle, attack, poisoned, train).  ``relabel`` plants a clean-label attack's trigger dirty-label (non-target
+    images stamped and relabelled), for tests that need its trigger planted in a model of 1,437 digits."""
     torch.set_num_threads(2)
     bundle = load_dataset("digits", DigitsConfig())
-    entry, cfg = ATTACKS.resolve({"name": "badnets", "target": 0, "poison_rate": 0.1}, "attack")
+    entry, cfg = ATTACKS.resolve(spec or BADNETS, "attack")
     attack = entry.obj(cfg, bundle.info(), 0)
+    if relabel:
+        attack.label_type = "dirty"
     poisoned = attack.poison(bundle.train, torch.Generator().manual_seed(0))
     return bundle, attack, poisoned, poisoned.apply(bundle.train)
 
 
-def train_backdoor():
-    """The poisoned digits of ``poisoned_digits`` learned by a width-16 small CNN: ASR ~1, BA ~0.99."""
-    bundle, attack, poisoned, train = poisoned_digits()
+def train_backdoor(spec=None, relabel: bool = False):
+    """The poisoned digits of ``poisoned_digits(spec, relabel)`` learned by a width-16 small CNN (BadNets: ASR ~1,
+    BA ~0.99); the attack must plant (ASR and BA > 0.9)."""
+    bundle, attack, poisoned, train = poisoned_digits(spec, relabel)
     recipe = dataclasses.replace(RECIPES.resolve("quick", "recipe")[1], epochs=15)
     seed_everything(0)
     model = fit(create_model("small_cnn", 10, 1, 16, bundle.mean, bundle.std, width=16), train, recipe, seed=0)
