@@ -54,3 +54,24 @@ def test_ss_on_digits_flags_the_poison_in_the_target_class(backdoor):
     # measured (width-16 CNN, 8 epochs): 19 of the 20 poisoned among the 30 removed (precision 0.63 of at most
     # 0.67; base rate in class 0: 0.12); AUROC in class 0 0.99
     assert tp >= 15, tp
+
+
+def test_the_runner_stores_per_class_kept_rates_for_a_cleansing_defense(tmp_path):
+    """Through the runner (bench/stages.py): every cleansing cell gets kept rates per class, the target first."""
+    from benchtest import tiny_sweep
+
+    from bench.db.storage import Storage, default_url
+    from bench.results import cells_frame
+    from bench.runner import RunOptions, run_sweep
+    from bench.sweep import build_sweep
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    storage = Storage(default_url(ws))
+    doc = tiny_sweep(defenses=[{"name": "ss", "target_class": 0, "poison_count": 5}])
+    assert run_sweep(build_sweep(doc, "t.yaml"), storage, ws / "artifacts", RunOptions(workers=0, progress=False)).ok
+    row = cells_frame(storage, "tiny").iloc[0]
+    assert row["clean_kept_class1"] == 1.0 and row["n_flagged"] == 8         # only class 0 analysed: 1.5 × 5
+    kept_target = 1 - (8 - row["flag_precision"] * 8) / row["clean_kept_target_n"]
+    assert abs(row["clean_kept_target"] - kept_target) < 1e-9
+    assert 0 <= row["poison_trained_as_target"] == row["poison_kept_rate"] <= 1   # no relabelling
