@@ -11,6 +11,10 @@ Alg. 1 l.16: train the final classifier on the cleansed set with SupCon (Khosla 
       head with CE on the frozen encoder; ``classifier: ce`` leaves training to the runner (the cell's recipe).
 Table 3 ablations: ``encoder: autoencoder`` (a small conv AE replaces SimCLR), ``filtering`` and
       ``relabelling`` switches.
+Health check: the embedding z is returned (``DefenseResult.embedding``); the runner stores its kNN accuracy on
+      the *true* labels with the same k (``encoder_knn_acc``), so a filter that failed because the encoder did
+      not learn is told apart from one that failed on the poison.  The runner also stores the per-class kept
+      rates and how many relabelled samples were poison and got their source class back (bench/metrics.py).
 
 The paper uses ResNet-18 for the encoder and the classifier (§4); here both are the cell's model
 (``ctx.new_model()``), so a ResNet-18 cell is the paper's setting.  The paper states the SimCLR epochs (1000,
