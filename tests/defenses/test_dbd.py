@@ -114,6 +114,7 @@ def test_dbd_end_to_end_on_digits(backdoor, monkeypatch):
     assert torch.equal(out.flags, out.scores >= out.scores[out.flags].min())           # the high-loss half
     recall = float((out.flags & poisoned).sum()) / float(poisoned.sum())
     after = evaluate(backdoor, out.model)
-    # measured: the first split's low-credible half holds 0.985 of the poison; BA 0.64-0.71, ASR 0.01-0.23
-    # (the backdoored model: ASR 1.00)
+    # measured before the warm-up followed the original (eval-mode BN, a fresh Adam per stage, no blur, views
+    # encoded apart): the first split's low-credible half held 0.985 of the poison; BA 0.64-0.71, ASR 0.01-0.23
+    # (the backdoored model: ASR 1.00).  These bounds pass with the original's warm-up too (not re-measured).
     assert recall > 0.8 and after["ba"] > 0.4 and after["asr"] < 0.7, (recall, after)
