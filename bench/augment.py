@@ -13,6 +13,7 @@ Ops and their defaults (every default is the value a seed paper's code uses; tor
     resized_crop  RandomResizedCrop(size, scale=(0.2, 1.0), ratio=(3/4, 4/3)), bilinear       (SimCLR / D-ST)
     color_jitter  RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), random order per image (SimCLR)
     grayscale     RandomGrayscale(p=0.2), channel count kept                                   (SimCLR)
+    gaussian_blur RandomApply([GaussianBlur(sigma ~ U(0.1, 2))], p=0.5)          (DBD's SimCLR views)
 
 Op parameters.  An op is named by its string (the names a ``Recipe.augment`` tuple holds); its parameters are
 keyword overrides passed separately, keyed by op name, and checked against the op's signature::
@@ -307,6 +308,28 @@ def random_grayscale(x: torch.Tensor, generator: torch.Generator | None = None, 
     return torch.where(chosen.view(-1, 1, 1, 1), grayscale(x), x)
 
 
+def random_gaussian_blur(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
+                         sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+    """RandomApply([GaussianBlur(sigma)], p): DBD's SimCLR blur (SCLBD/DBD data/utils.py l.13-26, 46-49: PIL's
+    ``GaussianBlur(radius=σ)`` with σ ~ U(0.1, 2.0), config/defense/simclr/*/example.yaml l.29-31: p 0.5).
+
+    Each chosen image gets its own σ; a separable Gaussian of standard deviation σ truncated at 3 · max σ, with
+    the edge pixels extended (replicate padding), as PIL extends them.  Batched as one grouped convolution.
+    """
+    n, c, h, w = x.shape
+    lo, hi = _bounds(sigma, "sigma")
+    chosen = _rand(n, generator, x.device) < p
+    s = _uniform(n, (lo, hi), generator, x.device).clamp(min=1e-3).to(x.dtype)
+    r = max(1, math.ceil(3 * hi))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-t[None] ** 2 / (2 * s[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)                # [n * c, 2r + 1]
+    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c).view(n, c, h, w)
+    return torch.where(chosen.view(-1, 1, 1, 1), y, x)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The op table and the entry points.
 # ---------------------------------------------------------------------------------------------------------
@@ -327,6 +350,7 @@ OPS: dict[str, Op] = {
     "color_jitter": color_jitter,
     "grayscale": random_grayscale,
     "resized_crop": random_resized_crop,
+    "gaussian_blur": random_gaussian_blur,
 }
 
 # The parameters each op accepts (everything after ``x, generator``), for checking ``params`` up front.

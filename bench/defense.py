@@ -92,6 +92,8 @@ class DefenseResult:
         trusted: bool [N_train], True = the subset the defense trusts as clean and trains on with labels (D-BR /
             D-ST's D̂_c, DBD's high-credible half); the runner stores its precision (fraction truly clean).
         metrics: extra numbers to store (e.g. NC's anomaly index), name -> value.
+        embedding: float [N_train, D], the representation a cleansing defense decided in (seed 002's SimCLR z);
+            the runner stores its kNN accuracy on the true labels as a health check (``k`` from ``metrics``).
     """
 
     model: Optional[nn.Module] = None
@@ -100,6 +102,7 @@ class DefenseResult:
     relabels: Optional[torch.Tensor] = None
     trusted: Optional[torch.Tensor] = None
     metrics: dict[str, float] = field(default_factory=dict)
+    embedding: Optional[torch.Tensor] = None
 
 
 class Defense:

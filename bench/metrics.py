@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.attack import POISONED, Attack
+from bench.attack import CLEAN, POISONED, Attack
 from bench.data.imageset import ImageSet
 from bench.train import check_finite, predict
 
@@ -79,3 +79,85 @@ def detection_metrics(kind: torch.Tensor, flags: torch.Tensor | None, scores: to
     if scores is not None:
         out.append(Metric("auroc", auroc(scores, poisoned), len(poisoned), "train"))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cleansing: what the retrained model learns from, per class, and what relabelling did (seed 002 §3.4)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rate(hits: torch.Tensor, of: torch.Tensor) -> tuple[float, int]:
+    n = int(of.sum())
+    return (int((hits & of).sum()) / n if n else float("nan")), n
+
+
+def cleansing_metrics(kind: torch.Tensor, given: torch.Tensor, flags: torch.Tensor,
+                      relabels: torch.Tensor | None, target: int | None, num_classes: int) -> list[Metric]:
+    """Kept rates of a cleansing defense, so that "no poison kept" bought by deleting a whole class shows.
+
+    ``given``: the training labels as the defender saw them (poisoned labels included).  A sample is *kept* when
+    not flagged (seed 002 Table 1's "remaining after filtering"): ``clean_kept_rate``, ``poison_kept_rate``, and per
+    class c (by label, clean samples only) ``clean_kept_class{c}``, the target class first and also stored as
+    ``clean_kept_target``.  ``poison_trained_as_target``: poisoned samples the retrained model still learns with
+    the attack's label - kept, or relabelled to that label - out of all poisoned ones.
+    """
+    kind, given, flags = kind.cpu(), given.cpu(), flags.cpu().bool()
+    poisoned, clean, kept = kind == POISONED, kind == CLEAN, ~flags
+    final, trained = given.clone(), kept.clone()
+    if relabels is not None:
+        moved = relabels.cpu() >= 0
+        final[moved] = relabels.cpu()[moved]
+        trained |= moved
+    out = [Metric("clean_kept_rate", *_rate(kept, clean), "train"),
+           Metric("poison_kept_rate", *_rate(kept, poisoned), "train"),
+           Metric("poison_trained_as_target", *_rate(trained & (final == given), poisoned), "train")]
+    classes = list(range(num_classes))
+    if target is not None:
+        classes.remove(target)
+        out.append(Metric("clean_kept_target", *_rate(kept, clean & (given == target)), f"class_{target}"))
+        classes.insert(0, target)
+    out += [Metric(f"clean_kept_class{c}", *_rate(kept, clean & (given == c)), f"class_{c}") for c in classes]
+    return out
+
+
+def relabel_metrics(kind: torch.Tensor, true_labels: torch.Tensor, relabels: torch.Tensor) -> list[Metric]:
+    """What relabelling did, judged separately for the two kinds of sample it touches.
+
+    A relabelled poisoned sample is a recovery when its new label is its source (true) class; a relabelled clean
+    sample gets a wrong label whatever the defense does (it was rejected because its decision disagreed with its
+    correct label), so it is counted as label noise, not as a failure of the source recovery.
+        relabel_poison_share      poisoned share of the relabelled set (count: |relabelled|)
+        relabel_source_recovery   relabelled poisons given their true class (count: |relabelled poisons|)
+        n_relabelled_clean        relabelled clean samples (label noise added)
+    """
+    kind, true_labels, relabels = kind.cpu(), true_labels.cpu(), relabels.cpu()
+    moved = relabels >= 0
+    poisoned = kind == POISONED
+    n, n_pois = int(moved.sum()), int((moved & poisoned).sum())
+    return [Metric("n_relabelled", float(n), n, "train"),
+            Metric("relabel_poison_share", n_pois / n if n else float("nan"), n, "train"),
+            Metric("relabel_source_recovery", *_rate(relabels == true_labels, moved & poisoned), "train"),
+            Metric("n_relabelled_clean", float(n - n_pois), n - n_pois, "train")]
+
+
+def knn_votes(z: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, chunk: int = 512) -> torch.Tensor:
+    """Votes (float [N, C], on ``z``'s device) of each sample's k nearest *other* samples by the dot product of
+    the L2-normalised rows of ``z`` (cosine similarity), each neighbour voting for its label."""
+    labels = labels.to(z.device)
+    k = min(k, len(z) - 1)
+    out = []
+    for s in range(0, len(z), chunk):
+        rows = torch.arange(s, min(s + chunk, len(z)), device=z.device)
+        sim = z[rows] @ z.t()
+        sim[torch.arange(len(rows), device=z.device), rows] = float("-inf")   # not its own neighbour
+        nbr = sim.topk(k, dim=1).indices
+        out.append(torch.zeros(len(rows), num_classes, device=z.device).scatter_add_(
+            1, labels[nbr], torch.ones(nbr.shape, device=z.device)))
+    return torch.cat(out)
+
+
+def knn_health(z: torch.Tensor, true_labels: torch.Tensor, k: int, num_classes: int) -> Metric:
+    """kNN accuracy of an embedding on the *true* labels (every sample voted on by its k nearest others): how
+    well the representation a cleansing defense filters in separates the classes, whatever the poisoned labels."""
+    pred = knn_votes(z, true_labels, k, num_classes).argmax(1).cpu()
+    return Metric("encoder_knn_acc", float((pred == true_labels.cpu()).double().mean()), len(pred), "train")

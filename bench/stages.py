@@ -20,7 +20,14 @@ from bench.data.clean import clean_subset
 from bench.data.datasets import load_dataset
 from bench.data.imageset import DataBundle, ImageSet
 from bench.defense import Curves, Defense, DefenseContext, DefenseResult
-from bench.metrics import Metric, backdoor_metrics, detection_metrics
+from bench.metrics import (
+    Metric,
+    backdoor_metrics,
+    cleansing_metrics,
+    detection_metrics,
+    knn_health,
+    relabel_metrics,
+)
 from bench.models import create_from_spec
 from bench.models.checkpoint import load_checkpoint_model
 from bench.recipes import Recipe
@@ -155,8 +162,7 @@ class StageRunner:
                 "scores": result.scores, "flags": result.flags, "relabels": result.relabels,
                 "trusted": result.trusted}))
             out.metrics += detection_metrics(poisoned.kind, result.flags, result.scores, result.trusted)
-        if result.relabels is not None:
-            out.metrics += relabel_metrics(result.relabels, bundle.train.labels, poisoned.kind)
+        out.metrics += cleansing_report(defense, result, poisoned, train, bundle, attack)
         out.metrics += [Metric(k, float(v), None, "defense") for k, v in result.metrics.items()]
         return out
 
@@ -234,10 +240,17 @@ def recipe_of(chain: dict[str, Any]) -> Recipe:
     return Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
 
 
-def relabel_metrics(relabels: torch.Tensor, true_labels: torch.Tensor, kind: torch.Tensor) -> list[Metric]:
-    """How many samples a cleansing defense relabelled, and how many of those got their true label back."""
-    mask = relabels.cpu() >= 0
-    n = int(mask.sum())
-    correct = int((relabels.cpu()[mask] == true_labels.cpu()[mask]).sum())
-    return [Metric("n_relabelled", float(n), n, "train"),
-            Metric("relabel_accuracy", correct / n if n else float("nan"), n, "train")]
+def cleansing_report(defense: Defense, result: DefenseResult, poisoned: PoisonedSet, train: ImageSet,
+                     bundle: DataBundle, attack: Attack) -> list[Metric]:
+    """Per-class kept rates of a cleansing defense, relabelling outcomes, and its encoder's kNN health check."""
+    info, out = bundle.info(), []
+    if defense.paradigm == "cleansing" and result.flags is not None:
+        target = attack.cfg.target if attack.cfg.label_mode == "all2one" else None
+        out += cleansing_metrics(poisoned.kind, train.labels, result.flags, result.relabels, target,
+                                 info.num_classes)
+    if result.relabels is not None:
+        out += relabel_metrics(poisoned.kind, bundle.train.labels, result.relabels)
+    if result.embedding is not None:
+        k = int(result.metrics.get("k", 0)) or max(1, round(len(train) / info.num_classes / 2))
+        out.append(knn_health(result.embedding, bundle.train.labels, k, info.num_classes))
+    return out

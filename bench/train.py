@@ -134,7 +134,7 @@ def check_finite(model: nn.Module, what: str) -> None:
 def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.device | None = None, seed: int = 0,
         loss_fn: Optional[LossFn] = None, sample_weight: torch.Tensor | None = None,
         on_epoch: Optional[Callable[[int, nn.Module], None]] = None,
-        params=None) -> nn.Module:
+        params=None, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.Module:
     """Train ``model`` on ``data`` with ``recipe`` and return it (in eval mode).
 
     Args:
@@ -142,6 +142,8 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
         loss_fn: custom objective (default: cross-entropy, weighted by ``sample_weight`` [N] if given).
         on_epoch: called after every epoch with (epoch, model), e.g. to record curves.
         params: the parameters to optimise (default: all of the model's).
+        optimizer: an optimiser to go on with (its state kept across calls, e.g. DBD's one Adam); default: a
+            fresh one from ``recipe``.  The recipe's schedule, if any, then drives it.
     """
     device = device or pick_device()
     model = prepare(model, device, recipe)
@@ -150,7 +152,7 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
         sample_weight = sample_weight.to(device)
     loss_fn = loss_fn or weighted_ce(sample_weight)
     gen = generator_for(seed, torch.device("cpu"))
-    opt = make_optimizer(params if params is not None else model.parameters(), recipe)
+    opt = optimizer or make_optimizer(params if params is not None else model.parameters(), recipe)
     sched = make_scheduler(opt, recipe)
     channels_last = device.type == "cuda" and recipe.channels_last
     for epoch in range(recipe.epochs):

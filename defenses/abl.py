@@ -11,14 +11,20 @@ ABL §3 splits training at the turning epoch T_te:
 
 Defaults: γ 0.5, p 1 %, T_te 20 (ABL §4.1), and the schedule seed 003 (LfD §5, "For the ABL defense ...") ran
 it as a baseline: 20 isolation epochs at lr 0.1 (0.01 on GTSRB), 60 epochs on the remaining data, the last
-20 epochs unlearning the 1 % at lr 1e-4.  Optimiser, batch and the 40-epoch lr step of the 60 recovery epochs
-are the authors' code's (SGD momentum 0.9, wd 1e-4, nesterov, batch 128; lr 0.1 -> 0.01 at epoch 40;
-../shared/REFERENCE-DEFAULTS.md).  Deviations, all noted at their fields: the isolation epochs use no
-augmentation (as the authors' code); LGA is applied to the batch-mean loss (as the authors' code; the paper's
-Eq. 3 writes the sign inside the expectation; ``lga_per_sample`` selects that); LfD's text says the 60
-recovery epochs ran "on the entire training dataset", the authors' code fine-tunes on the 99 % kept
-(``recover_on``).  The isolation is stored as scores (= -loss) and flags (= D_b), so the runner records its
-precision and recall; the unlearnt model is returned (training-time paradigm).
+20 epochs unlearning the 1 %.  Optimiser, batch and the 40-epoch lr step of the 60 recovery epochs are the
+authors' code's (SGD momentum 0.9, wd 1e-4, nesterov, batch 128; lr 0.1 -> 0.01 at epoch 40;
+../shared/REFERENCE-DEFAULTS.md).  Unlearning follows the authors' bboylyg/ABL backdoor_unlearning.py: the
+isolated samples are loaded with ``ToTensor`` only (l.167-172: no crop, no flip - a flip would move a
+bottom-right trigger to the left in half the batch), in batches of ``opt.batch_size`` = 128 without dropping a
+tail (l.173-176, config.py l.24), at lr 5e-4 (l.236-238; config.py l.27 ``lr_unlearning_init``).  Seed 003 §5
+states lr 1e-4 for its ABL baseline, so sweeps/lfd_table2.yaml sets ``unlearn_lr: 0.0001``.  Deviations, all
+noted at their fields: the isolation epochs use no augmentation (as the authors' code); LGA is applied to the
+batch-mean loss (as the authors' code; the paper's Eq. 3 writes the sign inside the expectation;
+``lga_per_sample`` selects that); LfD's text says the 60 recovery epochs ran "on the entire training dataset",
+the authors' code fine-tunes on the 99 % kept (``recover_on``); the code's one SGD optimiser runs through
+recovery and unlearning, here each stage starts a fresh one (the momentum buffer is not carried over).  The
+isolation is stored as scores (= -loss) and flags (= D_b), so the runner records its precision and recall; the
+unlearnt model is returned (training-time paradigm).
 """
 from __future__ import annotations
 
@@ -50,15 +56,16 @@ class ABLConfig(DefenseConfig):
     recover_lr: float = 0.1
     recover_milestones: tuple[int, ...] = (40,)    # authors' code: lr 0.1 below epoch 40, then 0.01
     recover_on: Literal["rest", "all"] = "rest"    # the code trains on D minus D_b; LfD's text says "entire"
-    # -- 2b. unlearning (ABL §3.3, Eq. 4; LfD §5: the last 20 epochs at lr 1e-4) -----------------------------
+    # -- 2b. unlearning (ABL §3.3, Eq. 4; LfD §5: the last 20 epochs) ---------------------------------------
     unlearn_epochs: int = 20
-    unlearn_lr: float = 1e-4
+    unlearn_lr: float = 5e-4                       # authors' code; seed 003 §5 says 1e-4 (lfd_table2 sets it)
+    unlearn_augment: tuple[Augment, ...] = ()      # authors' code: ToTensor only
     # -- shared optimiser (authors' code) ------------------------------------------------------------------
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = True
     batch_size: int = 128
-    augment: tuple[Augment, ...] = ("crop", "flip")   # LfD §5: every baseline trained with crop + flip
+    augment: tuple[Augment, ...] = ("crop", "flip")   # recovery; LfD §5: every baseline trained with crop + flip
 
     def recipe(self, epochs: int, lr: float, augment: tuple[str, ...], milestones: tuple[int, ...] = (),
                drop_last: bool = True) -> Recipe:
@@ -146,7 +153,8 @@ class ABL(Defense):
 
         # 2b. unlearning: gradient ascent on D_b (every isolated sample is used: no dropped tail).
         isolated = train.subset(torch.nonzero(flags).flatten())
-        model = fit(model, isolated, cfg.recipe(cfg.unlearn_epochs, cfg.unlearn_lr, cfg.augment, drop_last=False),
+        unlearn = cfg.recipe(cfg.unlearn_epochs, cfg.unlearn_lr, cfg.unlearn_augment, drop_last=False)
+        model = fit(model, isolated, unlearn,
                     device=ctx.device, seed=ctx.seed + 2, loss_fn=_ascent_loss,
                     on_epoch=curve(cfg.isolation_epochs + cfg.recover_epochs))
         return DefenseResult(model=model, scores=-losses, flags=flags,

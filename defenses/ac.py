@@ -2,16 +2,27 @@
 activation clustering", arXiv:1811.03728): training-set cleansing.
 
 Chen et al. §3 (Algorithm 1): train a classifier on the (possibly poisoned) training set; for every class, take
-the last hidden layer's activations of the samples *labelled* with that class, flatten them, reduce them to 10
-dimensions with independent component analysis (ICA; §3 found it better than PCA), and split them with
-2-means.  Poisoned samples of a target class activate the network through the trigger rather than through the
-class's features, so they form their own cluster; §4.2's *relative size* analysis calls a cluster poisonous when
-it holds at most p % of its class (clean classes split roughly evenly).  The flagged samples are removed and a
-fresh model is trained on the rest (§5 "backdoor repair" by retraining; here the runner's retrain_kept).
+the last hidden layer's activations of the samples of that class, flatten them, reduce them to 10 dimensions with
+independent component analysis (ICA; §3 found it better than PCA), and split them with 2-means.  Poisoned samples
+of a target class activate the network through the trigger rather than through the class's features, so they
+form their own cluster.  Which cluster is poisonous is the ``rule``; the flagged samples are removed and a fresh
+model is trained on the rest (§5 "backdoor repair" by retraining; here the runner's retrain_kept).
 
-Defaults: 10 ICA components, k = 2, relative size threshold 0.35 (the value IBM's Adversarial Robustness
-Toolbox, the authors' implementation, uses for this rule); ``rule: smaller`` flags the smaller cluster of every
-analysed class whatever its size (seed 003 §5 ran Trojan-zoo's AC this way, keeping the larger cluster).
+Rules, each as the code a seed paper ran:
+    relative_size  §4.2: a cluster holding less than p = 35 % of its class is poisonous.  The threshold and the
+                   strict "<" are those of IBM's Adversarial Robustness Toolbox, the authors' implementation
+                   (art/defences/detector/poison/clustering_analyzer.py l.192-231, ``size_threshold=0.35``,
+                   ``percentages < size_threshold``).  Seed 002 §4 ran AC this way (ssl_table2: 1,000 poisoned
+                   in a target class of 6,000, a 17 % cluster).
+    silhouette     Trojan-zoo's default (ain-soph/trojanzoo, trojanvision/defenses/backdoor/training_filtering/
+                   activation_clustering.py l.92-112, 186-209): relative size (< 0.35, l.170-184) only where the
+                   2-means split fits, silhouette score > 0.1; FastICA to 10 dims; samples grouped by the model's
+                   *predicted* class (l.122-139).  Seed 003 §5 ran "the activation clustering defense method
+                   from Trojan-zoo's open-source code" for LfD Table 2, so lfd_table2 uses this rule with
+                   ``group_by: prediction``.
+    smaller        the smaller cluster of every class, whatever its size (seed 003 §5's prose: "trained a new
+                   model from scratch using the cluster with more data"; ART's ``cluster_analysis="smaller"``).
+``group_by``: ``label`` (Chen et al. §3, ART: segment by the training labels) or ``prediction`` (Trojan-zoo).
 Seed 002 §4 ran AC knowing the attacker's target class: ``target_class`` restricts the analysis to that class
 (privileged knowledge, marked in reports).  The classifier is trained here with the cell's model and recipe
 (``teacher_epochs`` overrides its length; seed 003 §5 trained it 80 epochs without augmentation, seed 002 with
@@ -32,7 +43,7 @@ from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
 from bench.recipes import Recipe
 from bench.registry import register_defense
-from bench.train import embed, fit
+from bench.train import embed, fit, predict
 
 
 @dataclass(frozen=True)
@@ -40,8 +51,10 @@ class ACConfig(DefenseConfig):
     dims: int = 10                                   # §3: ICA to 10 components
     reduce: Literal["ica", "pca"] = "ica"            # §3: ICA (PCA as the option the paper compared)
     clusters: int = 2                                # §3: k-means with k = 2
-    rule: Literal["relative_size", "smaller"] = "relative_size"   # §4.2 relative size; or always the smaller
-    size_threshold: float = 0.35                     # relative size p (ART's default for the rule)
+    rule: Literal["relative_size", "silhouette", "smaller"] = "relative_size"   # see the module docstring
+    size_threshold: float = 0.35                     # relative size p (ART's and Trojan-zoo's default)
+    silhouette_threshold: float = 0.1                # Trojan-zoo: relative size only above this silhouette
+    group_by: Literal["label", "prediction"] = "label"   # Chen et al. / ART: labels; Trojan-zoo: predictions
     target_class: Optional[int] = None               # seed 002 §4: AC knew the target class (privileged)
     teacher_epochs: Optional[int] = None             # None: the cell's recipe as it is
     teacher_augment: Optional[tuple[str, ...]] = None   # None: the recipe's (seed 003 §5: none)
@@ -64,10 +77,12 @@ def train_on_poisoned(ctx: DefenseContext, epochs: Optional[int] = None,
     return fit(ctx.new_model(), ctx.train, recipe, device=ctx.device, seed=ctx.seed)
 
 
-def class_groups(train: ImageSet, target_class: Optional[int]) -> list[torch.Tensor]:
-    """Indices of each analysed class (by the given, possibly poisoned, labels)."""
-    classes = [target_class] if target_class is not None else torch.unique(train.labels).tolist()
-    return [torch.nonzero(train.labels == c).flatten() for c in classes]
+def class_groups(train: ImageSet, target_class: Optional[int],
+                 by: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    """Indices of each analysed class, by the given (possibly poisoned) labels or by ``by`` (e.g. predictions)."""
+    classes_of = train.labels.cpu() if by is None else by.cpu()
+    classes = [target_class] if target_class is not None else torch.unique(classes_of).tolist()
+    return [torch.nonzero(classes_of == c).flatten() for c in classes]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -89,11 +104,24 @@ def reduce_dims(acts: np.ndarray, dims: int, method: str, seed: int) -> np.ndarr
                        whiten="unit-variance").fit_transform(acts)
 
 
+def poisonous_clusters(assign: np.ndarray, reduced: np.ndarray, cfg: ACConfig) -> list[int]:
+    """The cluster ids ``cfg.rule`` calls poisonous (see the module docstring for each rule's source)."""
+    from sklearn.metrics import silhouette_score
+
+    sizes = np.bincount(assign, minlength=cfg.clusters) / len(assign)
+    if cfg.rule == "smaller":
+        return [int(np.argmin(sizes))]
+    if cfg.rule == "silhouette" and (len(np.unique(assign)) < 2 or
+                                     silhouette_score(reduced, assign) <= cfg.silhouette_threshold):
+        return []
+    return [int(c) for c in np.flatnonzero(sizes < cfg.size_threshold)]
+
+
 def cluster_class(acts: np.ndarray, cfg: ACConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """2-means on the reduced activations of one class.
 
     Returns:
-        flags: bool [n], True for the samples of the cluster judged poisonous (none if the rule says none).
+        flags: bool [n], True for the samples of the clusters judged poisonous (none if the rule says none).
         scores: float [n], 1 - relative size of each sample's cluster.
     """
     from sklearn.cluster import KMeans
@@ -104,10 +132,7 @@ def cluster_class(acts: np.ndarray, cfg: ACConfig, seed: int) -> tuple[np.ndarra
     reduced = reduce_dims(acts, cfg.dims, cfg.reduce, seed)
     assign = KMeans(n_clusters=cfg.clusters, n_init=10, random_state=seed).fit_predict(reduced)
     sizes = np.bincount(assign, minlength=cfg.clusters) / n
-    smallest = int(np.argmin(sizes))
-    poisonous = cfg.rule == "smaller" or sizes[smallest] <= cfg.size_threshold
-    flags = (assign == smallest) if poisonous else np.zeros(n, dtype=bool)
-    return flags, 1.0 - sizes[assign]
+    return np.isin(assign, poisonous_clusters(assign, reduced, cfg)), 1.0 - sizes[assign]
 
 
 def activation_clustering(feats: torch.Tensor, groups: list[torch.Tensor], cfg: ACConfig,
@@ -123,7 +148,7 @@ def activation_clustering(feats: torch.Tensor, groups: list[torch.Tensor], cfg: 
 
 @register_defense("ac", display_name="AC")
 class ActivationClustering(Defense):
-    """Per class: last-hidden-layer activations, ICA to 10 dims, 2-means, the small cluster removed."""
+    """Per class: last-hidden-layer activations, ICA to 10 dims, 2-means, the rule's clusters removed."""
 
     Config = ACConfig
     paradigm = "cleansing"
@@ -134,5 +159,6 @@ class ActivationClustering(Defense):
         cfg = self.cfg
         model = train_on_poisoned(ctx, cfg.teacher_epochs, cfg.teacher_augment)
         feats = embed(model, ctx.train.images, ctx.device)
-        flags, scores = activation_clustering(feats, class_groups(ctx.train, cfg.target_class), cfg, ctx.seed)
+        by = predict(model, ctx.train.images, ctx.device) if cfg.group_by == "prediction" else None
+        flags, scores = activation_clustering(feats, class_groups(ctx.train, cfg.target_class, by), cfg, ctx.seed)
         return DefenseResult(model=None, scores=scores, flags=flags)

@@ -12,19 +12,27 @@ feature extractor:
        (Berthelot et al., 2019).  The split is recomputed with the current model before every epoch
        (as the authors' mixmatch_finetune.py does; seed 002 §2 describes it as iterative).
 
-Defaults (DBD §4.1 / App. and the authors' configs, config/defense/{simclr,mixmatch_finetune}/): SimCLR with
-temperature 0.5, SGD lr 0.4, momentum 0.9, wd 1e-4, batch 512, the 100-epoch checkpoint (the run's cosine spans
-1,000 epochs, so lr stays near 0.4 over those 100: schedule "none" here); views RandomResizedCrop(0.2-1) + flip
-+ colour jitter (p 0.8) + grayscale (p 0.2) (``bench.augment.SIMCLR``; the code's Gaussian blur is absent).
-Head warm-up: SCE α 0.1, β 1, 10 epochs, batch 128.  MixMatch: 190 epochs of 1,024 iterations, batch 64,
-K = 2 augmentations, sharpening T 0.5, mixup α 0.75, λ_u 15 ramped up linearly over 190 epochs; Adam lr 0.002
-for both supervised stages; crop (pad 4) + flip.  Deviations: the authors kept the checkpoint of best *test*
-accuracy, we keep the last; ``fit`` builds a fresh Adam per MixMatch epoch (state reset each epoch); MixMatch
-forwards the mixed batch at once instead of interleaving labelled and unlabelled batches for BatchNorm.
+Defaults (DBD §4.1 / App. and the authors' SCLBD/DBD code, config/defense/{simclr,mixmatch_finetune}/): SimCLR
+with temperature 0.5, SGD lr 0.4, momentum 0.9, wd 1e-4, batch 512, the 100-epoch checkpoint (the run's cosine
+spans 1,000 epochs, so lr stays near 0.4 over those 100: schedule "none" here); views RandomResizedCrop(0.2-1)
++ flip + colour jitter (p 0.8) + grayscale (p 0.2) + Gaussian blur (p 0.5, σ 0.1-2; simclr example.yaml
+l.14-31), both views of a batch encoded in one forward pass (utils/trainer/simclr.py l.25-34: BatchNorm sees
+the 2N views together).  Head warm-up and MixMatch as mixmatch_finetune.py: SCE α 0.1, β 1, 10 epochs, batch
+128, crop (pad 4) + flip (example.yaml l.7-14, 30-40); the backbone runs in *train* mode under no_grad
+(utils/trainer/simclr.py l.145-160: ``model.train()``, so BatchNorm normalises by batch statistics and updates
+its running ones); ONE Adam (lr 0.002) is built once over the whole model and kept through the warm-up and
+every MixMatch epoch (mixmatch_finetune.py l.152, 167-203).  MixMatch: 190 epochs of 1,024 iterations, batch
+64, K = 2 augmentations, sharpening T 0.5, mixup α 0.75, λ_u 15 ramped up linearly over 190 epochs.
+Health check: before the first split, the head's accuracy on the training labels and the share of its most
+predicted class are stored (``warmup_train_acc``, ``warmup_top_class_share``): a head that predicts the largest
+class - the target class once the poison is added - gives the poisons the lowest SCE and inverts the split.
+Deviations: the authors kept the checkpoint of best *test* accuracy, we keep the last; MixMatch forwards the
+mixed batch at once instead of interleaving labelled and unlabelled batches for BatchNorm; the blur is a true
+Gaussian (PIL approximates it with box blurs); the SimCLR projector is ``ProjectionHead`` (no BatchNorm1d between
+its layers, model/model.py l.14-19 has one).
 Output: the fine-tuned model (training-time paradigm) with scores = SCE loss and flags = the low-credible set
 of the first split (``report_split``; "last" for the final re-split), so the runner stores its precision and
-recall.  Small runs (digits) need ``warmup_lr`` well above 0.002: an under-trained head predicts the largest
-class, which is the target class once the poison is added, and the split inverts.
+recall.  ``warmup_lr`` (default the one Adam's 0.002) sets the optimiser's lr during the warm-up only.
 """
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult, top_flags
 from bench.recipes import Augment, Recipe
 from bench.registry import register_defense
-from bench.train import fit, gen_for_device
+from bench.train import fit, gen_for_device, predict
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class DBDConfig(DefenseConfig):
     warmup_epochs: int = 10
     warmup_batch_size: int = 128
     warmup_lr: float = 0.002                   # the authors' one Adam serves both stages (a field for small runs)
+    blur_p: float = 0.5                        # SimCLR views: Gaussian blur probability (0 = the SimCLR pipeline)
     # -- §3.4 semi-supervised fine-tuning ------------------------------------------------------------------
     epsilon: float = 0.5                       # high-credible fraction (lowest SCE loss)
     semi_epochs: int = 190
@@ -124,18 +133,29 @@ class _SimCLRModel(nn.Module):
 
 
 def _simclr_loss(cfg: DBDConfig, gen: torch.Generator):
-    return two_view_loss(lambda z1, z2, y, idx: nt_xent(z1, z2, cfg.temperature), gen,
-                         encode=lambda model, v: model.head(model.backbone.forward_features(v)))
+    """NT-Xent over both views in one forward pass; the blur closes the views' pipeline (as its last op)."""
+    def encode(model, views):
+        views = augment(views, ("gaussian_blur",), gen, params={"gaussian_blur": {"p": cfg.blur_p}})
+        return model.head(model.backbone.forward_features(views))
+    return two_view_loss(lambda z1, z2, y, idx: nt_xent(z1, z2, cfg.temperature), gen, encode=encode, joint=True)
 
 
 def _frozen_head_loss(cfg: DBDConfig):
-    """§3.3: only the linear head learns; the backbone runs in eval mode without gradients."""
+    """§3.3: only the linear head learns; the backbone gives no gradients but stays in train mode, as the
+    authors' ``poison_linear_train`` (BatchNorm uses and updates batch statistics)."""
     def loss_fn(model, x, y, idx):
-        model.eval()
         with torch.no_grad():
             f = model.forward_features(x)
         return sce_loss(model.forward_head(f), y, cfg.sce_alpha, cfg.sce_beta)
     return loss_fn
+
+
+@torch.no_grad()
+def head_health(model: nn.Module, data: ImageSet, device: torch.device) -> dict[str, float]:
+    """The warm-up head's accuracy on the (poisoned) training labels and the share of its most predicted class."""
+    pred = predict(model, data.images, device)
+    return {"warmup_train_acc": float((pred == data.labels.cpu()).double().mean()),
+            "warmup_top_class_share": float(torch.bincount(pred).max() / len(pred))}
 
 
 @torch.no_grad()
@@ -200,9 +220,13 @@ class DBD(Defense):
         fit(_SimCLRModel(model, cfg.proj_dim), train, simclr, device=device, seed=ctx.seed,
             loss_fn=_simclr_loss(cfg, gen))
 
-        # §3.3: the linear head with the backbone frozen, symmetric cross-entropy.
-        fit(model, train, cfg.adam(cfg.warmup_epochs, cfg.warmup_batch_size, cfg.augment, cfg.warmup_lr), device=device,
-            seed=ctx.seed + 1, loss_fn=_frozen_head_loss(cfg), params=model.fc.parameters())
+        # §3.3: the linear head with the backbone frozen, symmetric cross-entropy; one Adam from here to the end.
+        adam = torch.optim.Adam(model.parameters(), lr=cfg.warmup_lr)
+        fit(model, train, cfg.adam(cfg.warmup_epochs, cfg.warmup_batch_size, cfg.augment), device=device,
+            seed=ctx.seed + 1, loss_fn=_frozen_head_loss(cfg), optimizer=adam)
+        health = head_health(model, train, device)
+        for group in adam.param_groups:
+            group["lr"] = cfg.lr
 
         # §3.4: re-split by SCE loss before each epoch, MixMatch with the low-credible samples unlabelled.
         rng = np.random.default_rng(ctx.seed)
@@ -215,7 +239,7 @@ class DBD(Defense):
             mm.epoch = epoch
             passes = max(1, math.ceil(cfg.semi_iterations / per_pass))
             fit(model, labelled, cfg.adam(passes, cfg.semi_batch_size, cfg.augment), device=device,
-                seed=ctx.seed + 2 + epoch, loss_fn=mm)
+                seed=ctx.seed + 2 + epoch, loss_fn=mm, optimizer=adam)
             if ctx.curves.enabled and ctx.evaluate is not None:
                 ctx.curves.record(epoch + 1, **ctx.evaluate(model))
             if epoch + 1 < cfg.semi_epochs:
@@ -223,7 +247,7 @@ class DBD(Defense):
         if cfg.report_split == "last":
             reported = (losses, flags)
         return DefenseResult(model=model.eval(), scores=reported[0], flags=reported[1], trusted=~reported[1],
-                             metrics={"low_credible": float(reported[1].sum())})
+                             metrics={"low_credible": float(reported[1].sum()), **health})
 
     def _split(self, model: nn.Module, train: ImageSet, device: torch.device,
                ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor]:

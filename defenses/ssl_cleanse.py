@@ -11,6 +11,10 @@ Alg. 1 l.16: train the final classifier on the cleansed set with SupCon (Khosla 
       head with CE on the frozen encoder; ``classifier: ce`` leaves training to the runner (the cell's recipe).
 Table 3 ablations: ``encoder: autoencoder`` (a small conv AE replaces SimCLR), ``filtering`` and
       ``relabelling`` switches.
+Health check: the embedding z is returned (``DefenseResult.embedding``); the runner stores its kNN accuracy on
+      the *true* labels with the same k (``encoder_knn_acc``), so a filter that failed because the encoder did
+      not learn is told apart from one that failed on the poison.  The runner also stores the per-class kept
+      rates and how many relabelled samples were poison and got their source class back (bench/metrics.py).
 
 The paper uses ResNet-18 for the encoder and the classifier (§4); here both are the cell's model
 (``ctx.new_model()``), so a ResNet-18 cell is the paper's setting.  The paper states the SimCLR epochs (1000,
@@ -31,6 +35,7 @@ from torch import nn
 from bench.contrastive import ProjectionHead, nt_xent, supcon, two_view_loss
 from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
+from bench.metrics import knn_votes
 from bench.recipes import Recipe
 from bench.registry import register_defense
 from bench.train import fit, gen_for_device
@@ -155,28 +160,17 @@ def _row_chunks(n: int, chunk: int):
         yield torch.arange(s, min(s + chunk, n))
 
 
-def knn_decide(z: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, chunk: int = 512) -> Decision:
+def knn_decide(z: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> Decision:
     """§3.3 kNN: plurality vote of the k nearest other samples (cosine similarity of normalised z).
 
     Confidence = fraction of the k votes for the decided class (§3.4); ties go to the lowest class index.
     Score = 1 - fraction of votes for the sample's own label.
     """
-    labels = labels.to(z.device)
     k = min(k, len(z) - 1)
-    pred, conf, own = [], [], []
-    for rows in _row_chunks(len(z), chunk):
-        rows = rows.to(z.device)
-        sim = z[rows] @ z.t()
-        sim[torch.arange(len(rows), device=z.device), rows] = float("-inf")   # a sample is not its own neighbour
-        nbr = sim.topk(k, dim=1).indices
-        votes = torch.zeros(len(rows), num_classes, device=z.device).scatter_add_(
-            1, labels[nbr], torch.ones(nbr.shape, device=z.device))
-        top = votes.max(1)
-        pred.append(top.indices)
-        conf.append(top.values / k)
-        own.append(votes.gather(1, labels[rows, None])[:, 0] / k)
-    own_t = torch.cat(own)
-    return Decision(torch.cat(pred).cpu(), torch.cat(conf).cpu(), (1 - own_t).cpu())
+    votes = knn_votes(z, labels, k, num_classes)
+    top = votes.max(1)
+    own = votes.gather(1, labels.to(z.device)[:, None])[:, 0] / k
+    return Decision(top.indices.cpu(), (top.values / k).cpu(), (1 - own).cpu())
 
 
 def energy_scores(z: torch.Tensor, labels: torch.Tensor, num_classes: int, tau: float,
@@ -314,4 +308,5 @@ class SSLCleanse(Defense):
             keep = ~flags | (relabels >= 0)
             new_labels = torch.where(relabels >= 0, relabels, labels)
             model = train_supcon_classifier(ctx, ImageSet(ctx.train.images[keep], new_labels[keep]), cfg)
-        return DefenseResult(model=model, scores=scores.float(), flags=flags, relabels=relabels, metrics=metrics)
+        return DefenseResult(model=model, scores=scores.float(), flags=flags, relabels=relabels, metrics=metrics,
+                             embedding=z)

@@ -68,3 +68,27 @@ def test_abl_isolates_poison_and_lowers_asr_on_digits(backdoor):
     assert torch.equal(out.scores.argsort()[-int(flags.sum()):].sort().values, torch.nonzero(flags).flatten())
     after = evaluate(backdoor, out.model)
     assert after["ba"] > 0.8 and after["asr"] < 0.8, after
+
+
+def test_unlearning_batches_are_the_isolated_images_unaugmented(backdoor, monkeypatch):
+    """bboylyg/ABL backdoor_unlearning.py loads D_b with ToTensor only: every unlearning batch must hold the
+    isolated uint8 images exactly (a crop shifts them, a flip mirrors them), all of them once per epoch."""
+    seen = []
+
+    def spy(model, x, y, idx):
+        seen.append((x.detach().clone(), idx.clone()))
+        return -F.cross_entropy(model(x), y)
+
+    monkeypatch.setattr("defenses.abl._ascent_loss", spy)
+    defense = make_defense({"name": "abl", "isolation_epochs": 1, "isolation_ratio": 0.05, "recover_epochs": 1,
+                            "unlearn_epochs": 2})
+    assert defense.cfg.unlearn_lr == 5e-4 and defense.cfg.batch_size == 128 and defense.cfg.augment   # recovery augments
+    ctx = make_context(backdoor, defense)
+    seed_everything(0)
+    out = defense.run(ctx)
+    isolated = ctx.train.images[out.flags]
+    assert len(seen) == 2 * math.ceil(len(isolated) / 128)              # no dropped tail, batch 128
+    for x, idx in seen:
+        assert torch.allclose(x * 255, (x * 255).round(), atol=1e-3)   # no resampling
+        assert torch.equal((x * 255).round().to(torch.uint8), isolated[idx])
+    assert sorted(torch.cat([i for _, i in seen[:len(seen) // 2]]).tolist()) == list(range(len(isolated)))

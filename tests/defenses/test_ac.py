@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from defensetest import make_defense, run_with_fewer_poisoned
 
-from defenses.ac import ACConfig, cluster_class
+from bench.data.imageset import ImageSet
+from defenses.ac import ACConfig, class_groups, cluster_class, poisonous_clusters
 
 
 def _blobs(n_a: int, n_b: int, seed: int = 0) -> np.ndarray:
@@ -19,6 +21,31 @@ def test_relative_size_rule_flags_exactly_the_small_cluster():
     flags, scores = cluster_class(_blobs(90, 10), ACConfig(), seed=0)
     assert flags.tolist() == [False] * 90 + [True] * 10
     assert np.allclose(scores[90:], 0.9) and np.allclose(scores[:90], 0.1)     # 1 - relative cluster size
+
+
+def test_silhouette_rule_flags_the_small_cluster_only_where_the_split_fits():
+    # Trojan-zoo's rule on well separated blobs: silhouette far above 0.1, then relative size < 0.35.
+    flags, _ = cluster_class(_blobs(90, 10), ACConfig(rule="silhouette"), seed=0)
+    assert flags.tolist() == [False] * 90 + [True] * 10
+    # The same 10 % cluster, but drawn at random from one noise cloud: the split does not fit (silhouette ~ 0),
+    # so the gate keeps it, while the bare relative-size rule would flag it.
+    rng = np.random.default_rng(1)
+    reduced = rng.normal(size=(100, 10))
+    assign = np.zeros(100, dtype=int)
+    assign[rng.choice(100, 10, replace=False)] = 1
+    assert poisonous_clusters(assign, reduced, ACConfig(rule="relative_size")) == [1]
+    assert poisonous_clusters(assign, reduced, ACConfig(rule="silhouette")) == []
+    assert poisonous_clusters(assign, reduced, ACConfig(rule="smaller")) == [1]
+    # 35 % is not "less than 35 %" (ART and Trojan-zoo compare strictly).
+    assert poisonous_clusters(np.array([0] * 65 + [1] * 35), reduced, ACConfig()) == []
+
+
+def test_groups_by_label_or_by_prediction():
+    data = ImageSet(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]))
+    pred = torch.tensor([0, 1, 1, 1, 1, 2])
+    assert [g.tolist() for g in class_groups(data, None)] == [[0, 1], [2, 3], [4, 5]]
+    assert [g.tolist() for g in class_groups(data, None, pred)] == [[0], [1, 2, 3, 4], [5]]
+    assert [g.tolist() for g in class_groups(data, 1, pred)] == [[1, 2, 3, 4]]
 
 
 def test_even_split_is_kept_unless_rule_is_smaller():

@@ -97,3 +97,20 @@ def test_simclr_filtering_removes_the_digits_poison(backdoor):
     assert out.metrics["k"] == round(len(poisoned) / 10 / 2)                   # half the per-class count
     assert out.metrics["relabel_count"] == float((out.relabels >= 0).sum())
     assert out.model is not None and evaluate(backdoor, out.model)["ba"] > 0.2   # SupCon + linear head trains
+
+
+def test_autoencoder_ablation_runs_and_hands_its_code_to_the_health_check(backdoor):
+    """Table 3's "AE + filtering + relabeling" row (ssl_table3): the AE path end to end, classifier left to the
+    runner; the embedding it filtered in is returned for the runner's kNN health check on the true labels."""
+    from bench.metrics import knn_health
+
+    defense = make_defense({"name": "ssl_cleanse", "encoder": "autoencoder", "ae_epochs": 2, "ae_batch_size": 256,
+                            "classifier": "ce"})
+    ctx = make_context(backdoor, defense)
+    seed_everything(0)
+    out = defense.run(ctx)
+    n = len(backdoor.train)
+    assert out.model is None and out.flags.shape == (n,) and out.embedding.shape == (n, 128)
+    assert torch.allclose(out.embedding.norm(dim=1), torch.ones(n), atol=1e-4)
+    health = knn_health(out.embedding, backdoor.bundle.train.labels, int(out.metrics["k"]), 10)
+    assert 0.1 < health.value <= 1 and health.count == n     # digits are separable even in a 2-epoch AE code
