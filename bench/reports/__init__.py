@@ -38,7 +38,7 @@ from bench.reports.regression import (
     compare,
     unmatched_cells,
 )
-from bench.reports.render import latex_escape, render_html, render_latex
+from bench.reports.render import METRIC_DEFINITIONS, latex_escape, render_html, render_latex
 from bench.reports.specs import (
     METRIC_DEFAULTS,
     MISSING,
@@ -77,7 +77,7 @@ __all__ = [
     "MetricSpec", "SpecError", "Stat", "Table", "TableSpec", "ablation_figure", "add_derived", "apply_filters",
     "baseline_values", "better_of", "build_table", "cell_features", "cell_parts", "cell_text", "cell_verdicts",
     "compare", "curves_figure", "default_groups", "default_spec", "latex_escape", "load_reference", "load_spec",
-    "method_color", "paper_vs_ours", "provenance_of", "rank_marks", "render_html", "render_latex",
+    "METRIC_DEFINITIONS", "method_color", "paper_vs_ours", "provenance_of", "rank_marks", "render_html", "render_latex",
     "score_histogram", "spec_for_sweep", "spec_from_dict", "spec_names", "sweep_curves", "sweep_scores",
     "table_csv", "table_frame", "tsne_figure", "unmatched_cells",
 ]

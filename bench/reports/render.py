@@ -13,6 +13,14 @@ from bench.reports.frames import _display
 from bench.reports.specs import GATED_NOTE, MISSING, MISSING_NOTE, TEMPLATES_DIR
 from bench.reports.tables import Table, cell_parts
 
+# What the standard metrics mean (README's definitions), printed under every table that shows them.
+METRIC_DEFINITIONS = {
+    "ba": "BA: accuracy on the clean test set.",
+    "asr": "ASR: attack success rate, the share of triggered test images whose true label is not the target that "
+           "the model classifies as the target (all2all: as (y+1) mod C).",
+    "ra": "RA: robust accuracy, the share of those triggered images classified as their true label.",
+}
+
 
 def _view(table: Table) -> dict[str, Any]:
     spec = table.spec
@@ -36,6 +44,7 @@ def _view(table: Table) -> dict[str, Any]:
     directions = ", ".join(f"{m.label or m.name} {'↑' if m.better == 'higher' else '↓'}"
                            for m in spec.metrics if m.better != "none")
     notes.append(f"Bold: best, underlined: second best per row among the defenses ({directions}).")
+    notes.extend(METRIC_DEFINITIONS[m.name] for m in spec.metrics if m.name in METRIC_DEFINITIONS)
     headers = [spec.labels.get("headers", {}).get(c, c.replace("_", " ").capitalize()) for c in spec.rows]
     return {"title": spec.title or spec.name, "caption": spec.caption, "row_headers": headers,
             "groups": [g.label for g in table.groups], "metrics": [m.label or m.name for m in spec.metrics],

@@ -202,3 +202,13 @@ def test_method_colours_are_fixed():
 def test_unknown_spec_key_names_the_closest():
     with pytest.raises(rp.SpecError, match="metrix: unknown key; did you mean 'metrics'"):
         rp.spec_from_dict({"metrix": []})
+
+
+def test_tables_define_the_metrics_they_show():
+    table = rp.build_table(cells([("x", "a", 0, 0.1, 0.5)]), SPEC)
+    names = {m.name for m in SPEC.metrics}
+    html, tex = rp.render_html(table), rp.render_latex(table)
+    for name, definition in rp.METRIC_DEFINITIONS.items():
+        assert (definition in html) == (name in names)
+        assert (rp.latex_escape(definition) in tex) == (name in names)
+    assert names & set(rp.METRIC_DEFINITIONS)
