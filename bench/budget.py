@@ -79,7 +79,7 @@ SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
         "fp": {"ft_epochs": Stage("clean")},
         "ibau": {"n_rounds": Stage("clean")},
         "anp": {"iterations": Stage("steps", counts="steps")},
-        "nc": {"inv_epochs": Stage("clean", "inv_batch_size", follow=("patience", "early_stop_patience")), **_FT},
+        "nc": {"inv_epochs": Stage("clean", "inv_batch_size", follow=("inv_early_stop",)), **_FT},
         "mcl": {"inv_epochs": Stage("clean", "inv_batch_size", follow=("inv_early_stop",),
                                     when=("trigger_source", "nc")),
                 "mesa_steps": Stage("steps", None, "steps", when=("trigger_source", "mesa")), **_FT},

@@ -133,11 +133,16 @@ class _SimCLRModel(nn.Module):
 
 
 def _simclr_loss(cfg: DBDConfig, gen: torch.Generator):
-    """NT-Xent over both views in one forward pass; the blur closes the views' pipeline (as its last op)."""
+    """NT-Xent over both views in one forward pass; the blur closes the views' pipeline (as its last op).
+
+    Unscaled (``base_temperature=None``): DBD's ``SimCLRLoss`` (SCLBD/DBD ``model/loss.py``, taken from
+    wvangansbeke/Unsupervised-Classification) averages -log p over the positives with no ``τ/0.07`` factor, unlike
+    SupContrast's loss that seed 002's cleansing and D-ST use."""
     def encode(model, views):
         views = augment(views, ("gaussian_blur",), gen, params={"gaussian_blur": {"p": cfg.blur_p}})
         return model.head(model.backbone.forward_features(views))
-    return two_view_loss(lambda z1, z2, y, idx: nt_xent(z1, z2, cfg.temperature), gen, encode=encode, joint=True)
+    return two_view_loss(lambda z1, z2, y, idx: nt_xent(z1, z2, cfg.temperature, None), gen, encode=encode,
+                         joint=True)
 
 
 def _frozen_head_loss(cfg: DBDConfig):

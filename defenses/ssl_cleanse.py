@@ -75,9 +75,13 @@ class SSLCleanseConfig(DefenseConfig):
     linear_batch_size: int = 512
 
     def sgd(self, lr: float, batch: int, epochs: int, augment: tuple = (), wd: float | None = None) -> Recipe:
+        """SupContrast's schedule (``main_supcon.py`` / ``main_linear.py`` option parsing, ``util.py``
+        ``adjust_learning_rate`` / ``warmup_learning_rate``): cosine down to lr * 0.1^3, and for batches over 256 a
+        per-iteration warm-up from 0.01 over the first 10 epochs (capped at a quarter of a shortened stage)."""
+        warmup = min(10, epochs // 4) if batch > 256 else 0
         return Recipe(optimizer="sgd", lr=lr, momentum=self.momentum,
                       weight_decay=self.weight_decay if wd is None else wd, batch_size=batch, epochs=epochs,
-                      schedule="cosine", augment=augment)
+                      schedule="cosine", eta_min=1e-3, warmup_epochs=warmup, warmup_from=0.01, augment=augment)
 
 
 # ------------------------------------------------------------------------------------------------ encoders

@@ -8,8 +8,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from bench.models import small_cnn  # noqa: F401  (registers)
-from bench.models._base import Backbone
-from bench.models.checkpoint import input_normalization
+from bench.models._base import Backbone, input_normalization
 from bench.registry import MODELS
 
 _FAMILIES = ("wrn", "resnet", "preact_resnet", "lowcap")
@@ -42,7 +41,7 @@ def create_from_spec(spec: Mapping[str, Any], info) -> nn.Module:
     """Build from a resolved model spec ``{name, ...options}`` and a ``DataInfo``."""
     opts = dict(spec)
     name = opts.pop("name")
-    mean, std = input_normalization(opts, info)        # a checkpoint's own (bench/models/checkpoint.py)
+    mean, std = input_normalization(opts, info)        # a checkpoint's own (bench/models/_base.py)
     return create_model(name, info.num_classes, info.in_channels, info.image_size, mean, std, **opts)
 
 

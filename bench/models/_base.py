@@ -10,7 +10,7 @@ Contract:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -60,3 +60,15 @@ def add_stages(model: nn.Module, block, layers: Sequence[int], widths: Sequence[
         model.feature_info.append(dict(name=f"layer{i + 1}", channels=cout, reduction=reduction))
         cin = cout
     return cin
+
+
+def input_normalization(opts: dict[str, Any], info) -> tuple[Any, Any]:
+    """Pop a checkpoint spec's keys from ``opts`` (model options) -> the (mean, std) the model must use."""
+    normalize = opts.pop("normalize", "dataset")
+    for key in ("checkpoint", "sha256"):
+        opts.pop(key, None)
+    if normalize == "none":
+        return (0.0,) * info.in_channels, (1.0,) * info.in_channels
+    if isinstance(normalize, Mapping):
+        return tuple(normalize["mean"]), tuple(normalize["std"])
+    return info.mean, info.std

@@ -132,18 +132,6 @@ def architecture_mismatch(model: Mapping[str, Any], state: Mapping[str, Any]) ->
     return "; ".join(parts)
 
 
-def input_normalization(opts: dict[str, Any], info) -> tuple[Any, Any]:
-    """Pop a checkpoint spec's keys from ``opts`` (model options) -> the (mean, std) the model must use."""
-    normalize = opts.pop("normalize", "dataset")
-    for key in ("checkpoint", "sha256"):
-        opts.pop(key, None)
-    if normalize == "none":
-        return (0.0,) * info.in_channels, (1.0,) * info.in_channels
-    if isinstance(normalize, Mapping):
-        return tuple(normalize["mean"]), tuple(normalize["std"])
-    return info.mean, info.std
-
-
 def load_checkpoint_model(spec: Mapping[str, Any], info):
     """The checkpoint's model for a dataset: the file re-checked against the spec's sha256, loaded strictly.
 

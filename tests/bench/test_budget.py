@@ -32,7 +32,7 @@ def steps(cell, kind: str, paper: bool = False) -> int:
 def test_halving_the_data_doubles_epochs_and_keeps_steps(tmp_path):
     cell = cell_of(tmp_path, {"dataset": {"train_limit": 512}}, "ft")
     assert (cell.defense["epochs"], cell.paper["defense"]["epochs"]) == (40, 20)
-    assert cell.defense["milestones"] == [4, 20]                    # FT's lr steps at epochs 2 and 10, moved x2
+    assert cell.defense["milestones"] == [2, 20]                    # FT's lr steps at epochs 1 and 10, moved x2
     assert (cell.recipe["epochs"], cell.recipe["milestones"]) == (100, [40, 70])
     assert steps(cell, "defense") == steps(cell, "defense", paper=True) == 20 * 4   # 256 clean images / 64
     assert steps(cell, "recipe") == steps(cell, "recipe", paper=True) == 50 * 16    # 1024 images / 64
@@ -42,7 +42,7 @@ def test_a_cap_bounds_a_stage_and_its_milestones_keep_their_place(tmp_path):
     cell = cell_of(tmp_path, {"dataset": {"train_limit": 256}, "budget": {"recipe": {"epochs": 60},
                                                                         "defense": {"ft": {"epochs": 50}}}}, "ft")
     assert (cell.recipe["epochs"], cell.recipe["milestones"]) == (60, [24, 42])   # 20/50 and 35/50 of 60
-    assert (cell.defense["epochs"], cell.defense["milestones"]) == (50, [5, 25])
+    assert (cell.defense["epochs"], cell.defense["milestones"]) == (50, [2, 25])   # 1 and 10 of 20, x2.5, rounded
     assert steps(cell, "recipe") < steps(cell, "recipe", paper=True)
 
 

@@ -80,10 +80,13 @@ def test_knn_and_energy_combination_needs_both():
 
 
 def test_simclr_filtering_removes_the_digits_poison(backdoor):
-    """Tiny SimCLR (15 epochs) + kNN + SupCon (3 + 3 epochs) on the BadNets digits set (130 of 1,437 poisoned)."""
+    """Tiny SimCLR (15 epochs) + kNN + SupCon (6 + 6 epochs) on the BadNets digits set (130 of 1,437 poisoned).
+
+    SimCLR's lr 0.07 is the step this test was tuned at (0.5 on the bare NT-Xent) under SupContrast's x(0.5/0.07)
+    loss scale: at 0.5 with the scale the 15-epoch encoder kept 37 % of clean and 13 % of poisoned digits."""
     torch.set_num_threads(2)
-    defense = make_defense({"name": "ssl_cleanse", "simclr_epochs": 15, "simclr_batch_size": 256,
-                            "supcon_epochs": 3, "supcon_batch_size": 256, "linear_epochs": 3, "linear_lr": 1.0,
+    defense = make_defense({"name": "ssl_cleanse", "simclr_epochs": 15, "simclr_batch_size": 256, "simclr_lr": 0.07,
+                            "supcon_epochs": 6, "supcon_batch_size": 256, "linear_epochs": 6, "linear_lr": 1.0,
                             "linear_batch_size": 256})
     ctx = make_context(backdoor, defense)
     assert ctx.train is not None and ctx.model is None and ctx.clean is None
