@@ -231,3 +231,16 @@ def test_the_verdicts_in_reproduction_md_are_what_the_engine_says():
     for cid, record, written in rows:
         frame, scale = records[record]
         assert cl.evaluate([claims[cid]], frame, scale)[0].verdict == written, (cid, record)
+
+
+def test_a_claims_file_takes_numbers_in_scientific_notation(tmp_path):
+    """YAML 1.2 floats (bench.config.load_yaml): `-5e-1` is -0.5, not the string PyYAML's 1.1 rule would give."""
+    record = ROOT / "reports" / "baselines" / "table1_mini.csv"
+    path = tmp_path / "sci.yaml"
+    path.write_text("paper: t\nclaims:\n  - {id: nc-lowers-badnets, source: s, quote: q, where: {attack: badnets},"
+                    " check: {kind: difference, metric: asr, subject: {defense: nc}, other: {defense: none},"
+                    " op: '<', value: -5e-1, k: 1e0}}\n")
+    check = cl.load_claims(str(path)).claims[0].check
+    assert check["value"] == -0.5 and check["k"] == 1.0
+    run = CliRunner().invoke(main, ["check", str(record), "--claims", str(path)])
+    assert run.exit_code == 0 and "[holds] nc-lowers-badnets" in run.output, run.output
