@@ -35,7 +35,10 @@ def model_id(frame: pd.DataFrame) -> pd.Series:
     if "config" in frame and len(frame) and all('"attack"' in c and '"seed"' in c for c in frame["config"].astype(str)):
         def ident(text: str) -> str:
             cfg = json.loads(text) if text else {}
-            return json.dumps({k: v for k, v in cfg.items() if k not in _NOT_MODEL}, sort_keys=True)
+            # a checkpoint cell's model is its file (keyed by sha256): its nominal recipe trains nothing
+            skip = _NOT_MODEL + (("recipe",) if isinstance(cfg.get("model"), dict) and "checkpoint" in cfg["model"]
+                                 else ())
+            return json.dumps({k: v for k, v in cfg.items() if k not in skip}, sort_keys=True)
         return frame["config"].map(ident)
     cols = [c for c in ("dataset", "model", "recipe", "attack", "seed") if c in frame]
     return frame[cols].astype(str).agg("|".join, axis=1) if cols else pd.Series("", index=frame.index)

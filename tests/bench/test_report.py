@@ -212,3 +212,19 @@ def test_tables_define_the_metrics_they_show():
         assert (definition in html) == (name in names)
         assert (rp.latex_escape(definition) in tex) == (name in names)
     assert names & set(rp.METRIC_DEFINITIONS)
+
+
+def test_a_checkpoint_cells_before_numbers_ignore_its_nominal_recipe():
+    """A released model is its file: cells run by different code versions (whose recipe gained a field) still
+    share the model's `none` cell; trained models with different recipes do not."""
+    from bench.reports.gate import with_before
+
+    def row(defense, recipe, asr, checkpoint=True):
+        model = {"name": "wrn16_1", "checkpoint": "m.tar", "sha256": "ab"} if checkpoint else {"name": "wrn16_1"}
+        cfg = {"attack": {"name": "badnets"}, "seed": 0, "model": model, "recipe": recipe, "defense": {"name": defense}}
+        return {"defense": defense, "attack": "badnets", "ba": 0.8, "asr": asr, "config": json.dumps(cfg)}
+    old, new = {"name": "r"}, {"name": "r", "eta_min": 0.0}
+    out = with_before(pd.DataFrame([row("none", old, 1.0), row("ft", new, 0.1)]))
+    assert out["gate"].tolist() == ["ok", "ok"] and out["asr_delta"].round(3).tolist() == [0.0, -0.9]
+    trained = with_before(pd.DataFrame([row("none", old, 1.0, False), row("ft", new, 0.1, False)]))
+    assert trained["gate"].tolist() == ["ok", "no before cell"]
