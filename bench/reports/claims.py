@@ -243,6 +243,10 @@ def record_from_csv(path: str | Path) -> pd.DataFrame:
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------
+# A run without a profile is at the papers' scale: sweeps record it as "full" ("paper" in records before issue 16).
+PAPER_SCALES = ("paper", "full")
+
+
 def evaluate(claims: ClaimsFile | Sequence[Claim], frame: pd.DataFrame, scale: str | None = None) -> list[Verdict]:
     """Each claim's verdict on a cells frame (a DB sweep's ``cells_frame`` or :func:`record_from_csv`).
 
@@ -283,7 +287,7 @@ def _verdict(claim: Claim, frame: pd.DataFrame, scale: str) -> Verdict:
                          for n, v, text in parts)
     numbers = join([r for r in results if r[1] != UNTESTABLE], True)
     reason = join([r for r in results if r[1] == UNTESTABLE], False)
-    if claim.scale == "paper" and scale != "paper":
+    if claim.scale == "paper" and scale not in PAPER_SCALES:
         reason = "; ".join(x for x in (f"a paper-scale claim; this record is at {scale} scale "
                                        f"(would be: {verdict})", reason) if x)
         verdict = UNTESTABLE

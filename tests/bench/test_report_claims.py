@@ -123,6 +123,7 @@ def test_missing_cells_and_paper_scale_are_not_testable():
     v = cl.evaluate(claim(paper, scale="paper"), frame(BASE, "mini"))[0]
     assert v.verdict == "not testable" and "would be: holds" in v.reason
     assert cl.evaluate(claim(paper, scale="paper"), frame(BASE, "paper"))[0].verdict == "holds"
+    assert cl.evaluate(claim(paper, scale="paper"), frame(BASE, "full"))[0].verdict == "holds"   # no profile
 
 
 def test_most_needs_more_than_half_of_the_parts():
