@@ -224,3 +224,23 @@ def embed(model: nn.Module, images_u8: torch.Tensor, device: torch.device | None
     out = [model.forward_features(images_u8[s:s + batch_size].to(device).float().div_(255)).float().cpu()
            for s in range(0, len(images_u8), batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> nn.Module:
+    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on ``data`` (MCR's
+    curve points; MCL's ``bn_recompute`` switch)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    data = data.to(device)
+    with torch.no_grad():                      # statistics only: no graph
+        for idx in batch_indices(len(data), batch_size, None, device, shuffle=False):
+            model(data.images[idx].float().div_(255))
+    for bn, mom in zip(bns, momenta):
+        bn.momentum = mom
+    return model.eval()

@@ -55,8 +55,7 @@ from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
 from bench.inversion import INVERSION_STREAM, InversionFields, mad_outliers, scan
 from bench.recipes import Recipe
 from bench.registry import register_defense
-from bench.train import fit
-from defenses.mcr import recompute_bn
+from bench.train import fit, recompute_bn
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from bench.data.imageset import ImageSet
 from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult
 from bench.recipes import Recipe
 from bench.registry import register_defense
-from bench.train import batch_indices, fit, predict
+from bench.train import fit, predict, recompute_bn
 
 
 @dataclass(frozen=True)
@@ -134,24 +134,6 @@ def curve_loss(model: nn.Module, curve: BezierCurve, x: torch.Tensor, y: torch.T
 
 
 @torch.no_grad()
-def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> nn.Module:
-    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on ``data``."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    data = data.to(device)
-    for idx in batch_indices(len(data), batch_size, None, device, shuffle=False):
-        model(data.images[idx].float().div_(255))
-    for bn, mom in zip(bns, momenta):
-        bn.momentum = mom
-    return model.eval()
-
-
 def model_at(base: nn.Module, curve: BezierCurve, t: float, clean: ImageSet, batch_size: int,
              device: torch.device) -> nn.Module:
     """A standalone model with θ(t) loaded and BN statistics recomputed on the clean subset."""
