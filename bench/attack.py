@@ -137,6 +137,10 @@ class Attack:
     Config: ClassVar[type] = AttackConfig
     label_type: ClassVar[Literal["dirty", "clean"]] = "dirty"
     needs_clean_model: ClassVar[bool] = False         # True: the poison stage receives a harness-trained clean model
+    # Config fields a trained trigger generator depends on (non-empty: the attack has a ``generate`` stage, keyed
+    # by the dataset, the seed and these fields only, so a change of poison rate or target of a label-agnostic
+    # generator reuses it; see ``train_generator``).
+    generator_fields: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str]
     version: ClassVar[int]
 
@@ -160,6 +164,23 @@ class Attack:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what ``state()`` returned (optimised triggers); random ones are rebuilt from the seed."""
+
+    # -- attacks with a trained generator (``generator_fields`` non-empty) ----------------------------------
+    def train_generator(self, train: ImageSet, device: torch.device,
+                        surrogate: torch.nn.Module | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+        """Train the trigger generator once (the ``generate`` stage) -> (its state, its metrics).
+
+        ``train`` is the clean training set; ``surrogate`` the harness's clean model when ``needs_clean_model``.
+        The state is stored as the stage's artifact and handed to ``load_generator`` in every later stage
+        (poison, defend, evaluate) of every cell and sweep that shares the generator's key.  Metrics (e.g. an
+        encoder's bit accuracy and PSNR) are stored with the stage.  Everything random is drawn from
+        ``self.seed`` (the caller seeds torch's global generators with it too).
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares generator_fields but no train_generator")
+
+    def load_generator(self, state: dict[str, Any]) -> None:
+        """Install a trained generator (what ``train_generator`` returned) before ``poison`` / ``stamp_test``."""
+        raise NotImplementedError(f"{type(self).__name__} declares generator_fields but no load_generator")
 
     # -- shared mechanics ---------------------------------------------------------------------
     def target_labels(self, y: torch.Tensor) -> torch.Tensor:

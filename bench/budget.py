@@ -104,6 +104,8 @@ SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
                         "linear_epochs": Stage("train", "linear_batch_size", when=("classifier", "supcon"))},
     },
 }
+# Trigger generators (the ``generate`` stage of attacks with ``generator_fields``): same units.
+SCHEDULES["attack"] = {}
 # Capped but not a stage of its own (a length inside another stage's epoch).
 CAP_ONLY = {"defense": {"dbd": ("semi_iterations",)}}
 # Fields naming a model: field -> the field that takes the replacement's options.
@@ -165,7 +167,7 @@ def scaled(kind: str, paper: Mapping[str, Any], dataset: Mapping[str, Any], prof
     """The fields a profile changes in one resolved paper-scale config: scaled schedules and mapped models.
 
     Args:
-        kind: "recipe" or "defense"; paper: the config resolved without the profile (plugin defaults < per
+        kind: "recipe", "defense" or "attack"; paper: the config resolved without the profile (plugin defaults < per
             dataset < sweep entry); dataset: the cell's dataset resolved with the profile; profile: the overlay.
     """
     name = paper["name"]
@@ -186,7 +188,7 @@ def scaled(kind: str, paper: Mapping[str, Any], dataset: Mapping[str, Any], prof
     for field in CAP_ONLY.get(kind, {}).get(name, ()):
         if field in caps:
             out[field] = min(paper[field], caps[field])
-    if kind == "defense":
+    if kind in ("defense", "attack"):
         out |= _mapped_models(name, paper, profile.get("model") or {})
     return out
 
@@ -255,20 +257,24 @@ def _set_size(stage: Stage, cfg: Mapping[str, Any], n: int, clean_ratio: float) 
 
 
 def job_lines(graph) -> list[str]:
-    """One line per train and defend job of a ``bench.graph.Graph``: its optimizer steps and samples seen at
-    the sweep's scale beside the paper-scale values (the cell resolved without the profile)."""
+    """One line per generate, train and defend job of a ``bench.graph.Graph``: its optimizer steps and samples
+    seen at the sweep's scale beside the paper-scale values (the cell resolved without the profile)."""
     lines, seen = [], set()
     for cell, key in graph.cells:
         n, full = train_size(cell.dataset), paper_size(cell.dataset)
-        paper = {"recipe": cell.recipe, "defense": cell.defense, **cell.paper}
+        paper = {"recipe": cell.recipe, "defense": cell.defense, "attack": cell.attack, **cell.paper}
         for job_key in reversed(graph.ancestors(key)):
             job = graph.jobs[job_key]
-            if job.stage not in ("train", "defend") or job_key in seen or not n:
+            if job.stage not in ("generate", "train", "defend") or job_key in seen or not n:
                 continue
             seen.add(job_key)
             if job.stage == "train" and cell.model.get("checkpoint"):
                 continue                                         # loaded from a file: no training at any scale
-            if job.stage == "train":
+            if job.stage == "generate":
+                label = f"{cell.attack['name']} generator"
+                now = count("attack", cell.attack, cell.recipe, n)
+                then = count("attack", paper["attack"], paper["recipe"], full or n)
+            elif job.stage == "train":
                 label = f"{cell.recipe['name']} ({cell.model['name']})"
                 now = count("recipe", cell.recipe, cell.recipe, n)
                 then = count("recipe", paper["recipe"], paper["recipe"], full or n)

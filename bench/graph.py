@@ -1,4 +1,4 @@
-"""The job graph: poison -> train -> defend -> evaluate, each stage keyed by content.
+"""The job graph: [generate ->] poison -> train -> defend -> evaluate, each stage keyed by content.
 
 key = sha256(canonical JSON of {stage, plugin, plugin version, the stage's own resolved config, parent key}).
 A stage's config holds only what changes its output, so
@@ -10,6 +10,9 @@ A stage's config holds only what changes its output, so
 * a defense that declares no ``clean_subset`` need does not carry the clean ratio in its key (a ratio curve
   runs D-BR once, not once per ratio).
 An attack that needs a clean model (label-consistent PGD, TrojanNN) gets a parent train stage on the clean set.
+An attack with a trained trigger generator (``Attack.generator_fields``: input-aware dynamic, SSBA's encoder, ...)
+gets a ``generate`` stage above its poison stage, keyed by the dataset, the seed and only the generator's own
+config fields, so one generator serves every poison rate, defense and later sweep that shares them.
 
 A checkpoint cell (``model: {name, checkpoint: FILE, ...}``, bench/models/checkpoint.py) has no backdoor
 training: its train stage is the root, plugin ``checkpoint``, keyed by the file's sha256 (its path is stored
@@ -29,7 +32,7 @@ from bench.sweep import Cell
 TRAIN_VERSION = 1          # bump when bench.train.fit changes its output for the same config
 CHECKPOINT_VERSION = 1     # bump when bench.models.checkpoint loads a file differently
 EVAL_VERSION = 1           # bump when bench.metrics changes
-STAGES = ("poison", "train", "defend", "evaluate")
+STAGES = ("generate", "poison", "train", "defend", "evaluate")
 _NOT_SEMANTIC = {"dataset": ("root", "download")}   # where data lives does not change a result
 
 
@@ -80,8 +83,14 @@ def cell_jobs(cell: Cell) -> list[Job]:
         surrogate = make_job("train", "train", TRAIN_VERSION,
                              {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, clean_poison)
         jobs += [clean_poison, surrogate]
+    above = surrogate
+    if attack_cls.generator_fields:
+        above = make_job("generate", cell.attack["name"], attack_cls.version,
+                         {"dataset": dataset, "seed": cell.seed, "generator": generator_config(cell.attack,
+                                                                                           attack_cls)}, surrogate)
+        jobs.append(above)
     poison = make_job("poison", cell.attack["name"], attack_cls.version,
-                      {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, surrogate)
+                      {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, above)
     jobs.append(poison)
     defend_cfg = _defend_config(cell, defense_cls)
     if defense_cls.paradigm == "post_training" and "backdoored_model" in defense_cls.needs:
@@ -95,6 +104,11 @@ def cell_jobs(cell: Cell) -> list[Job]:
     defend = make_job("defend", cell.defense["name"], defense_cls.version, defend_cfg, parent)
     evaluate = make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)
     return jobs + [defend, evaluate]
+
+
+def generator_config(attack: dict[str, Any], attack_cls) -> dict[str, Any]:
+    """What a generate stage hashes of a resolved attack config: its name and ``generator_fields``."""
+    return {"name": attack["name"], **{f: attack[f] for f in attack_cls.generator_fields}}
 
 
 def _defend_config(cell: Cell, defense_cls) -> dict[str, Any]:
@@ -122,9 +136,9 @@ def checkpoint_jobs(cell: Cell, dataset: dict[str, Any]) -> list[Job]:
                           f"the poisoned training set, which a checkpoint cell ({file}) does not have; valid: a "
                           "post-training defense that needs only the model and a clean subset (none, ft, nad, "
                           "ibau, nc, mcl, anp, mcr, fp)")
-    if attack_cls.needs_clean_model:
+    if attack_cls.needs_clean_model or attack_cls.generator_fields:
         raise ConfigError("grid.attack", f"attack {cell.attack['name']!r} optimises its trigger on a "
-                          f"harness-trained clean model, so it cannot describe the trigger of {file}; valid: an "
+                          f"harness-trained model or generator, so it cannot describe the trigger of {file}; valid: an "
                           "attack whose trigger is fixed by its config and seed (badnets, blend, sig, wanet, ...)")
     source = make_job("train", "checkpoint", CHECKPOINT_VERSION, {"dataset": dataset, "model": cell.model}, None)
     poison = make_job("poison", cell.attack["name"], attack_cls.version,

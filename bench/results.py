@@ -32,7 +32,7 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         for (name, _subset), (value, count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
             row.setdefault(name, value)
             row.setdefault(f"{name}_n", count)           # e.g. flag_recall_n = the number of poisoned images
-        for stage in ("poison", "train", "defend", "evaluate"):
+        for stage in ("generate", "poison", "train", "defend", "evaluate"):
             key = c["chain"].get(stage)
             row[f"{stage}_s"] = durations.get(key) if key else None
         row["key"] = c["key"]

@@ -83,6 +83,8 @@ class StageRunner:
         spec = dict(task.chain["attack"])
         entry = ATTACKS.get(spec.pop("name"))
         attack = entry.obj(entry.parse(spec), bundle.info(), task.chain["seed"])
+        if "generate" in task.lineage:             # a trained trigger generator, from its cached stage
+            attack.load_generator(self.load(task, "generate", "generator"))
         if poisoned is not None and poisoned.state:
             attack.load_state(poisoned.state)
         return attack
@@ -112,6 +114,18 @@ class StageRunner:
         return out
 
     # -- stages --------------------------------------------------------------------------------------------
+    def run_generate(self, task: Task) -> Outcome:
+        """Train an attack's trigger generator on the clean training set (``Attack.train_generator``)."""
+        bundle = self.dataset(task.chain["dataset"])
+        spec = dict(task.chain["generator"])
+        entry = ATTACKS.get(spec.pop("name"))
+        attack = entry.obj(entry.parse(spec), bundle.info(), task.chain["seed"])
+        surrogate = self.model(task, "train", bundle) if attack.needs_clean_model else None
+        seed_everything(task.chain["seed"])
+        state, metrics = attack.train_generator(bundle.train, self.device, surrogate)
+        return Outcome([self.store.put(task.key, "generator", state)],
+                       [Metric(k, float(v), None, "generator") for k, v in metrics.items()])
+
     def run_poison(self, task: Task) -> Outcome:
         bundle = self.dataset(task.chain["dataset"])
         attack = self.attack(task, bundle)

@@ -425,7 +425,7 @@ def _resolve(kind: str, spec: Any, path: str, overlays: list[tuple[str, Mapping]
 class _Resolver:
     """Memoised ``_resolve``: a 10,000-cell grid has only a few distinct entries per component.
 
-    With a profile, a recipe or defense is first resolved without it (the paper-scale config, kept in
+    With a profile, a recipe, defense or attack is first resolved without it (the paper-scale config, kept in
     ``paper``); the profile's step budget (bench/budget.py) derives the scaled schedule fields and mapped
     models from it, below the profile's and ``--set``'s explicit values.
     """
@@ -465,12 +465,13 @@ def resolve_cell(raw: Mapping[str, Any], seed: int, profile: Mapping, sets: Mapp
     name = ds["name"]
     recipe = res("recipe", raw["recipe"], paths.get("recipe", "recipe"), name, ds)
     defense = res("defense", raw["defense"], paths.get("defense", "defense"), name, ds)
-    paper = res.cell_paper(*[(k, repr(raw[k]), name, repr(ds)) for k in ("recipe", "defense")])
+    attack = res("attack", raw["attack"], paths.get("attack", "attack"), name, ds)
+    paper = res.cell_paper(*[(k, repr(raw[k]), name, repr(ds)) for k in ("recipe", "defense", "attack")])
     return Cell(
         dataset=ds,
         model=res("model", raw["model"], paths.get("model", "model"), name),
         recipe=recipe,
-        attack=res("attack", raw["attack"], paths.get("attack", "attack"), name),
+        attack=attack,
         defense=defense,
         clean_ratio=_ratio(raw["clean_ratio"], paths.get("clean_ratio", "clean_ratio")),
         clean_stratified=coerce(raw["clean_stratified"], bool, paths.get("clean_stratified", "clean_stratified")),

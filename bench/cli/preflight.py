@@ -22,7 +22,7 @@ def check_data(cells, states: Mapping[str, Any], graph, data_root: str | None) -
     from bench.registry import DATASETS
 
     open_data = {repr(j.config["dataset"]) for j in graph.jobs.values()
-                 if j.stage == "poison" and not (j.key in states and states[j.key].state == "done")}
+                 if j.stage in ("generate", "poison") and not (j.key in states and states[j.key].state == "done")}
     classes: dict[str, int] = {}
     for cell in cells:
         ds = cell.dataset

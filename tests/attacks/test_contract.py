@@ -16,6 +16,9 @@ FAST = {"trojan_nn": {"opt_steps": 3}}
 def _poison(name, bundle, make_attack, untrained_model, seed=0):
     attack = make_attack(name, bundle.info(), seed, **FAST.get(name, {}))
     clean_model = untrained_model(bundle.info()) if attack.needs_clean_model else None
+    if attack.generator_fields:                 # what the generate stage does before the poison stage
+        attack.generator_state, _ = attack.train_generator(bundle.train, torch.device("cpu"), clean_model)
+        attack.load_generator(attack.generator_state)
     return attack, attack.poison(bundle.train, torch.Generator().manual_seed(seed), clean_model=clean_model)
 
 
@@ -49,6 +52,8 @@ def test_rebuilt_attack_stamps_like_the_poisoner(name, synthetic, make_attack, u
     """The evaluate stage rebuilds the attack from (cfg, info, seed) + saved state: same test-time trigger."""
     attack, ps = _poison(name, synthetic, make_attack, untrained_model, seed=3)
     rebuilt = make_attack(name, synthetic.info(), 3, **FAST.get(name, {}))
+    if attack.generator_fields:                 # the evaluate stage loads the generate stage's artifact
+        rebuilt.load_generator(attack.generator_state)
     rebuilt.load_state(ps.state)
     x, y = synthetic.test.images, synthetic.test.labels
     x1, t1, k1 = attack.stamp_test(x, y)
