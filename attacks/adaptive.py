@@ -76,7 +76,7 @@ class AdaptiveConfig(AttackConfig):
 
 def fresh_copy(model: nn.Module) -> nn.Module:
     """An untrained model of ``model``'s architecture: every layer's ``reset_parameters`` (BatchNorm's running
-    statistics too), then the zoo's convolution / BatchNorm initialiser, on the CPU (torch's CPU generator)."""
+    statistics too), then the zoo's convolution / BatchNorm initialiser, on the CPU (torch's global CPU generator)."""
     out = copy.deepcopy(model).cpu()
     for m in out.modules():
         if hasattr(m, "reset_parameters"):
@@ -115,10 +115,17 @@ class Adaptive(Attack):
                         surrogate: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, float]]:
         if surrogate is None:
             raise ValueError("adaptive needs the harness's clean model (surrogate) for the defender's architecture")
-        cfg, device = self.cfg, torch.device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(self.seed)
-            template = fresh_copy(surrogate)
+        device = torch.device(device)
+        # The SimCLR stage draws from torch's global generators too: seeded here, so a call is reproducible on
+        # its own (the generate stage seeds them with the same seed anyway), and restored after.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            return self._train_generator(train, device, surrogate)
+
+    def _train_generator(self, train: ImageSet, device: torch.device, surrogate: nn.Module
+                         ) -> tuple[dict[str, Any], dict[str, float]]:
+        cfg = self.cfg
+        template = fresh_copy(surrogate)
         ctx = DefenseContext(info=self.info, device=device, seed=self.seed, recipe=Recipe(),
                              new_model=lambda: copy.deepcopy(template).to(device), curves=Curves(False))
         simclr = SSLCleanseConfig(**{f: getattr(cfg, f) for f in SIMCLR_FIELDS})
