@@ -10,7 +10,9 @@ from bench.attack import CLEAN, NOISE, POISONED, PoisonedSet, Trigger
 from bench.registry import ATTACKS
 
 # Only the cost of an option changes here, never what is checked: TrojanNN's 200 optimisation steps are slow on CPU.
-FAST = {"trojan_nn": {"opt_steps": 3}}
+FAST = {"trojan_nn": {"opt_steps": 3},
+        "l2_invisible": {"opt_steps": 3},
+        "adaptive": {"simclr_epochs": 1, "simclr_batch_size": 128, "opt_epochs": 1}}
 
 
 def _poison(name, bundle, make_attack, untrained_model, seed=0):
