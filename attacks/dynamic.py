@@ -47,7 +47,10 @@ Other deviations: the release never zeroes G's gradients (``train.py`` l. 66 zer
 its G steps on a running sum of gradients; here both are zeroed every step.  Its mask loss multiplies the
 diversity term by lambda_div twice (l. 264, 268); here once (the same at lambda_div = 1).  Diversity pairs are
 min(int(p_attack B), int(p_cross B)) (the release needs them equal).  At test time (and when poisoning) G and M
-run in eval mode on CUDA when present, else on the CPU, in batches; the result is rounded to uint8.
+run in eval mode on CUDA when present, else on the CPU, in batches; the result is rounded to uint8.  G and M
+read the image normalised with the dataset's mean / std on every dataset (the release feeds GTSRB unnormalised,
+``models.py`` l. 91-92, 102-103).  The surrogate is whatever ``classifier`` names (the release's NetC_MNIST is
+not in the zoo).
 """
 from __future__ import annotations
 
