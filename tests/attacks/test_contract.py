@@ -9,8 +9,10 @@ import torch
 from bench.attack import CLEAN, NOISE, POISONED, PoisonedSet, Trigger
 from bench.registry import ATTACKS
 
-# Only the cost of an option changes here, never what is checked: TrojanNN's 200 optimisation steps are slow on CPU.
-FAST = {"trojan_nn": {"opt_steps": 3}}
+# Only the cost of an option changes here, never what is checked: TrojanNN's 200 optimisation steps and SSBA's
+# encoder training (20 epochs of a U-Net) are slow on CPU.
+FAST = {"trojan_nn": {"opt_steps": 3},
+        "ssba": {"bits": 4, "gen_width": 4, "gen_epochs": 1, "gen_batch_size": 128}}
 
 
 def _poison(name, bundle, make_attack, untrained_model, seed=0):
