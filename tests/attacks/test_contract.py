@@ -9,12 +9,14 @@ import torch
 from bench.attack import CLEAN, NOISE, POISONED, PoisonedSet, Trigger
 from bench.registry import ATTACKS
 
-# Only the cost of an option changes here, never what is checked: TrojanNN's 200 optimisation steps are slow on CPU.
+# Only the cost of an option changes here, never what is checked: TrojanNN's 200 optimisation steps and the
+# generators' training (SSBA's U-Net, Dynamic's networks, adaptive's SimCLR encoder) are slow on CPU.
 FAST = {"trojan_nn": {"opt_steps": 3},
         "l2_invisible": {"opt_steps": 3},
         "adaptive": {"simclr_epochs": 1, "simclr_batch_size": 128, "opt_epochs": 1},
         "dynamic": {"gen_width": 4, "gen_depth": 2, "mask_epochs": 1, "gen_epochs": 1, "gen_batch_size": 128,
-                    "gen_augment": (), "classifier": "small_cnn", "classifier_options": {"width": 4}}}
+                    "gen_augment": (), "classifier": "small_cnn", "classifier_options": {"width": 4}},
+        "ssba": {"bits": 4, "gen_width": 4, "gen_epochs": 1, "gen_batch_size": 128}}
 
 
 def _poison(name, bundle, make_attack, untrained_model, seed=0):
