@@ -104,12 +104,22 @@ SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
                         "linear_epochs": Stage("train", "linear_batch_size", when=("classifier", "supcon"))},
     },
 }
-# Trigger generators (the ``generate`` stage of attacks with ``generator_fields``): same units.
-SCHEDULES["attack"] = {}
+# Trigger generators (the ``generate`` stage of attacks with ``generator_fields``): same units.  Dynamic's mask
+# network and joint generator epochs pass over the training set (Nguyen & Tran's loader); SSBA's encoder too;
+# adaptive's surrogate SimCLR passes over the training set and its patch optimisation over the non-target images
+# (0.9 of them on a balanced 10-class set); l2_invisible counts Adam steps.
+SCHEDULES["attack"] = {
+    "dynamic": {"mask_epochs": Stage("train", "gen_batch_size", follow=("mask_milestones",)),
+                "gen_epochs": Stage("train", "gen_batch_size", follow=("gen_milestones", "classifier_milestones"))},
+    "ssba": {"gen_epochs": Stage("train", "gen_batch_size")},
+    "adaptive": {"simclr_epochs": Stage("train", "simclr_batch_size"),
+                 "opt_epochs": Stage("train", "opt_batch_size", share=0.9)},
+    "l2_invisible": {"opt_steps": Stage("steps", "opt_batch_size", counts="steps")},
+}
 # Capped but not a stage of its own (a length inside another stage's epoch).
 CAP_ONLY = {"defense": {"dbd": ("semi_iterations",)}}
 # Fields naming a model: field -> the field that takes the replacement's options.
-MODEL_FIELDS = {"lfd": {"teacher": "teacher_options"}}
+MODEL_FIELDS = {"lfd": {"teacher": "teacher_options"}, "dynamic": {"classifier": "classifier_options"}}
 
 
 def stages_of(kind: str, name: str) -> dict[str, Stage]:
