@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attack import CLEAN, NOISE, POISONED, Attack, AttackConfig, PoisonedSet, to_u8
+from bench.attack import Attack, AttackConfig, PoisonedSet, to_u8
 from bench.augment import augment
 from bench.data.imageset import DataInfo, ImageSet
 from bench.models import create_model
@@ -330,26 +330,12 @@ class Dynamic(Attack):
         return self.blend(x_u8, *self.pattern_and_mask(other_u8))
 
     def poison(self, train: ImageSet, generator: torch.Generator, clean_model=None) -> PoisonedSet:
-        idx, pool = self.select(train.labels, generator)
-        n_noise = int(round(self.cfg.cross_ratio * len(idx)))
-        rest = torch.nonzero(torch.isin(torch.arange(len(train)), idx.cpu(), invert=True)).flatten()
-        if n_noise > len(rest):
-            raise ValueError(f"cross_ratio {self.cfg.cross_ratio} asks for {n_noise} cross samples; "
-                             f"only {len(rest)} unpoisoned samples remain")
-        noise_idx = torch.sort(rest[torch.randperm(len(rest), generator=generator)[:n_noise]]).values
-        # each cross sample takes the pattern and mask of another training image (the release's second loader)
-        donors = (noise_idx + torch.randint(1, max(len(train), 2), (n_noise,), generator=generator)) % len(train)
-        labels = train.labels.clone()
-        labels[idx] = self.target_labels(train.labels[idx])
-        kind = torch.full((len(train),), CLEAN, dtype=torch.int8)
-        kind[idx], kind[noise_idx] = POISONED, NOISE
-        changed = torch.cat([idx, noise_idx])
-        images = torch.cat([self.apply_trigger(train.images[idx], train=True),
-                            self.apply_cross(train.images[noise_idx], train.images[donors])])
-        order = torch.argsort(changed)
-        params = {"poisoned": int(len(idx)), "noise": n_noise, "pool": pool,
-                  "base": self.cfg.poison_base or self.default_base(), "label_type": self.label_type}
-        return PoisonedSet(labels, kind, changed[order], images[order], params, self.state())
+        def cross(noise_idx: torch.Tensor) -> torch.Tensor:
+            # each cross sample takes the pattern and mask of another training image (the release's second loader)
+            shift = torch.randint(1, max(len(train), 2), (len(noise_idx),), generator=generator)
+            return self.apply_cross(train.images[noise_idx], train.images[(noise_idx + shift) % len(train)])
+
+        return self.poison_with_noise(train, generator, self.cfg.cross_ratio, cross)
 
 
 def _dev_gen(gen: torch.Generator, device: torch.device) -> torch.Generator:

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from bench.attack import CLEAN, NOISE, POISONED, Attack, AttackConfig, PoisonedSet
+from bench.attack import Attack, AttackConfig, PoisonedSet
 from bench.data.imageset import DataInfo, ImageSet
 from bench.registry import register_attack
 from bench.triggers import noise_grids, trigger_generator, warp, warp_field
@@ -63,22 +63,6 @@ class WaNet(Attack):
         return torch.cat(parts) if parts else x_u8.clone()
 
     def poison(self, train: ImageSet, generator: torch.Generator, clean_model=None) -> PoisonedSet:
-        idx, pool = self.select(train.labels, generator)
-        n_noise = int(round(self.cfg.cross_ratio * len(idx)))
-        rest = torch.nonzero(torch.isin(torch.arange(len(train)), idx, invert=True)).flatten()
-        if n_noise > len(rest):
-            raise ValueError(f"cross_ratio {self.cfg.cross_ratio} asks for {n_noise} noise samples; "
-                             f"only {len(rest)} unpoisoned samples remain")
-        noise_idx = torch.sort(rest[torch.randperm(len(rest), generator=generator)[:n_noise]]).values
-        labels = train.labels.clone()
-        labels[idx] = self.target_labels(train.labels[idx])
-        kind = torch.full((len(train),), CLEAN, dtype=torch.int8)
-        kind[idx], kind[noise_idx] = POISONED, NOISE
-        changed = torch.cat([idx, noise_idx])
-        images = torch.cat([self.apply_trigger(train.images[idx], train=True),
-                            self.apply_noise(train.images[noise_idx], generator)])
-        order = torch.argsort(changed)
-        params = {"poisoned": int(len(idx)), "noise": n_noise, "pool": pool,
-                  "base": self.cfg.poison_base or self.default_base(), "label_type": self.label_type,
-                  "k": self.cfg.k, "s": self.cfg.s}
-        return PoisonedSet(labels, kind, changed[order], images[order], params, self.state())
+        return self.poison_with_noise(train, generator, self.cfg.cross_ratio,
+                                      lambda noise_idx: self.apply_noise(train.images[noise_idx], generator),
+                                      k=self.cfg.k, s=self.cfg.s)

@@ -18,7 +18,7 @@ ASR/RA use ``stamp_test``: all2one keeps the non-target test images, all2all kee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
 
@@ -208,6 +208,29 @@ class Attack:
         params = {"poisoned": int(len(idx)), "pool": pool, "base": self.cfg.poison_base or self.default_base(),
                   "label_type": self.label_type}
         return PoisonedSet(labels, kind, idx, images, params, self.state())
+
+    def poison_with_noise(self, train: ImageSet, generator: torch.Generator, ratio: float,
+                          noise_images: Callable[[torch.Tensor], torch.Tensor], **params: Any) -> PoisonedSet:
+        """Dirty-label poisoning plus "noise" samples, which teach the model that a trigger-like change alone does
+        not mean the target (WaNet's noise mode, Dynamic's cross samples): ``ratio`` x the poison count of the
+        other images keep their label, are marked NOISE and get ``noise_images(their indices)``."""
+        idx, pool = self.select(train.labels, generator)
+        n_noise = int(round(ratio * len(idx)))
+        rest = torch.nonzero(torch.isin(torch.arange(len(train)), idx.cpu(), invert=True)).flatten()
+        if n_noise > len(rest):
+            raise ValueError(f"cross_ratio {ratio} asks for {n_noise} noise samples; "
+                             f"only {len(rest)} unpoisoned samples remain")
+        noise_idx = torch.sort(rest[torch.randperm(len(rest), generator=generator)[:n_noise]]).values
+        labels = train.labels.clone()
+        labels[idx] = self.target_labels(train.labels[idx])
+        kind = torch.full((len(train),), CLEAN, dtype=torch.int8)
+        kind[idx], kind[noise_idx] = POISONED, NOISE
+        changed = torch.cat([idx, noise_idx])
+        images = torch.cat([self.apply_trigger(train.images[idx], train=True), noise_images(noise_idx)])
+        order = torch.argsort(changed)
+        params = {"poisoned": int(len(idx)), "noise": n_noise, "pool": pool,
+                  "base": self.cfg.poison_base or self.default_base(), "label_type": self.label_type, **params}
+        return PoisonedSet(labels, kind, changed[order], images[order], params, self.state())
 
     def stamp_test(self, x_u8: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Test-time trigger -> (triggered uint8 images, attack target labels, keep mask for ASR/RA).

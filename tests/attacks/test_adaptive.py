@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchtest import tiny_sweep
+from benchtest import generate_jobs
 
-from bench.graph import build_graph
 from bench.models import create_model
 from bench.registry import ATTACKS
-from bench.sweep import build_sweep
 from bench.train import predict
 
 FAST = {"simclr_epochs": 5, "simclr_batch_size": 256, "simclr_lr": 0.1, "opt_epochs": 3, "opt_lr": 0.05,
@@ -73,12 +71,9 @@ def test_generator_is_deterministic_for_a_seed(synthetic, untrained_model):
 
 
 def test_generate_job_is_shared_by_poison_rates():
-    def jobs(*attacks):
-        return build_graph(build_sweep(tiny_sweep(attacks=list(attacks), defenses=["none"]), "t.yaml").cells
-                           ).by_stage()["generate"]
     ad = {"name": "adaptive", "target": 0}
-    assert len(jobs({**ad, "poison_rate": 0.1}, {**ad, "poison_rate": 0.3})) == 1
-    assert len(jobs({**ad, "poison_rate": 0.1}, {**ad, "poison_rate": 0.1, "size": 7})) == 2
+    assert len(generate_jobs({**ad, "poison_rate": 0.1}, {**ad, "poison_rate": 0.3})) == 1
+    assert len(generate_jobs({**ad, "poison_rate": 0.1}, {**ad, "poison_rate": 0.1, "size": 7})) == 2
 
 
 def test_backdoors_a_small_model_on_digits(learned, digits, train_tiny):

@@ -10,10 +10,8 @@ import math
 
 import pytest
 import torch
-from benchtest import tiny_sweep
+from benchtest import generate_jobs
 
-from bench.graph import build_graph
-from bench.sweep import build_sweep
 from bench.train import predict
 
 
@@ -63,12 +61,9 @@ def test_generator_is_deterministic_for_a_seed(synthetic, make_attack, untrained
 
 
 def test_generate_job_is_shared_by_poison_rates():
-    def jobs(*attacks):
-        return build_graph(build_sweep(tiny_sweep(attacks=list(attacks), defenses=["none"]), "t.yaml").cells
-                           ).by_stage()["generate"]
     l2 = {"name": "l2_invisible", "target": 0}
-    assert len(jobs({**l2, "poison_rate": 0.1}, {**l2, "poison_rate": 0.3})) == 1
-    assert len(jobs({**l2, "poison_rate": 0.1}, {**l2, "poison_rate": 0.1, "l2_norm": 2.0})) == 2
+    assert len(generate_jobs({**l2, "poison_rate": 0.1}, {**l2, "poison_rate": 0.3})) == 1
+    assert len(generate_jobs({**l2, "poison_rate": 0.1}, {**l2, "poison_rate": 0.1, "l2_norm": 2.0})) == 2
 
 
 def test_backdoors_a_small_model_on_digits(digits, make_attack, train_tiny):

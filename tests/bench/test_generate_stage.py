@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from benchtest import tiny_sweep
+from benchtest import generate_jobs, tiny_sweep
 from click.testing import CliRunner
 
 from bench import budget
@@ -19,17 +19,14 @@ def toy(rate=0.2, strength=0.5):
     return {"name": "toy_generated", "target": 0, "poison_rate": rate, "strength": strength}
 
 
-def generate_jobs(doc):
-    return build_graph(build_sweep(doc, "t.yaml").cells).by_stage()["generate"]
-
-
 def test_poison_rates_share_a_generator_and_generator_fields_split_it():
-    shared = generate_jobs(tiny_sweep(attacks=[toy(0.1), toy(0.3)], defenses=["none"]))
+    shared = generate_jobs(toy(0.1), toy(0.3))
     assert len(shared) == 1 and shared[0].config["generator"] == {
         "name": "toy_generated", "strength": 0.5, "gen_epochs": 2, "gen_batch_size": 32}
-    assert len(generate_jobs(tiny_sweep(attacks=[toy(0.1), toy(0.1, strength=0.3)], defenses=["none"]))) == 2
-    assert len(generate_jobs(tiny_sweep(attacks=[toy()], defenses=["none"], seeds=(0, 1)))) == 2
-    assert generate_jobs(tiny_sweep(defenses=["none"])) == []          # badnets has no generator
+    assert len(generate_jobs(toy(0.1), toy(0.1, strength=0.3))) == 2
+    seeds = build_sweep(tiny_sweep(attacks=[toy()], defenses=["none"], seeds=(0, 1)), "t.yaml").cells
+    assert len(build_graph(seeds).by_stage()["generate"]) == 2
+    assert generate_jobs({"name": "badnets", "target": 0}) == []      # badnets has no generator
 
 
 def test_a_second_sweep_reuses_the_trained_generator(tmp_path, monkeypatch):

@@ -18,3 +18,12 @@ def tiny_sweep(name: str = "tiny", defenses=None, seeds=(0,), attacks=None, **gr
         "attack": attacks or [{"name": "badnets", "target": 0, "poison_rate": 0.2}],
         "defense": defenses or ["none", {"name": "ft", "epochs": 1, "milestones": []}],
         "clean_ratio": 0.1, **grid}}
+
+
+def generate_jobs(*attacks: dict) -> list:
+    """The generate jobs of a tiny sweep over ``attacks`` (one per distinct generator)."""
+    from bench.graph import build_graph
+    from bench.sweep import build_sweep
+
+    return build_graph(build_sweep(tiny_sweep(attacks=list(attacks), defenses=["none"]), "t.yaml").cells
+                       ).by_stage()["generate"]
