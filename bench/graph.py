@@ -32,6 +32,7 @@ from bench.sweep import Cell
 TRAIN_VERSION = 1          # bump when bench.train.fit changes its output for the same config
 CHECKPOINT_VERSION = 1     # bump when bench.models.checkpoint loads a file differently
 EVAL_VERSION = 1           # bump when bench.metrics changes
+POISON_VERSION = 2         # bump when the poison stage draws differently (2: its own seed stream, bench.train.stream_seed)
 STAGES = ("generate", "poison", "train", "defend", "evaluate")
 _NOT_SEMANTIC = {"dataset": ("root", "download")}   # where data lives does not change a result
 
@@ -47,9 +48,12 @@ class Job:
     chain: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # merged ancestor configs
 
 
-def make_job(stage: str, plugin: str, version: int, config: dict[str, Any], parent: Job | None) -> Job:
-    key = digest({"stage": stage, "plugin": plugin, "version": version, "config": _keyed(config),
-                  "parent": parent.key if parent else None})
+def make_job(stage: str, plugin: str, version: int, config: dict[str, Any], parent: Job | None,
+             harness: int = 1) -> Job:
+    """``harness``: the version of the stage's own mechanics (above 1 it enters the key; 1 keeps older keys)."""
+    keyed = {"stage": stage, "plugin": plugin, "version": version, "config": _keyed(config),
+             "parent": parent.key if parent else None}
+    key = digest(keyed if harness == 1 else {**keyed, "harness": harness})
     chain = {**(parent.chain if parent else {}), **config}
     return Job(key, stage, plugin, version, config, parent.key if parent else None, chain)
 
@@ -79,7 +83,7 @@ def cell_jobs(cell: Cell) -> list[Job]:
     if attack_cls.needs_clean_model:
         none = ATTACKS.get("none")     # the same clean model a cell with attack 'none' trains (shared)
         clean_poison = make_job("poison", "none", none.version, {"dataset": dataset, "seed": cell.seed,
-                                "attack": {"name": "none", **to_plain(none.parse({}))}}, None)
+                                "attack": {"name": "none", **to_plain(none.parse({}))}}, None, POISON_VERSION)
         surrogate = make_job("train", "train", TRAIN_VERSION,
                              {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, clean_poison)
         jobs += [clean_poison, surrogate]
@@ -90,7 +94,7 @@ def cell_jobs(cell: Cell) -> list[Job]:
                                                                                            attack_cls)}, surrogate)
         jobs.append(above)
     poison = make_job("poison", cell.attack["name"], attack_cls.version,
-                      {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, above)
+                      {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, above, POISON_VERSION)
     jobs.append(poison)
     defend_cfg = _defend_config(cell, defense_cls)
     if defense_cls.paradigm == "post_training" and "backdoored_model" in defense_cls.needs:

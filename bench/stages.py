@@ -33,7 +33,7 @@ from bench.models.checkpoint import load_checkpoint_model
 from bench.recipes import Recipe
 from bench.registry import ATTACKS, DATASETS, DEFENSES
 from bench.store import ArtifactRecord, ArtifactStore
-from bench.train import fit, pick_device, seed_everything
+from bench.train import fit, pick_device, seed_everything, stream_seed
 
 
 @dataclass
@@ -132,7 +132,7 @@ class StageRunner:
         if task.chain.get("trigger_only"):      # a checkpoint cell: the trigger, for evaluation only
             return Outcome([self.store.put(task.key, "poison", trigger_only(attack, bundle.train).to_dict())])
         clean_model = self.model(task, "train", bundle) if attack.needs_clean_model else None
-        gen = torch.Generator().manual_seed(task.chain["seed"])
+        gen = torch.Generator().manual_seed(stream_seed(task.chain["seed"], "poison"))   # not fit's shuffle stream
         poisoned = attack.poison(bundle.train, gen, clean_model=clean_model)
         rec = self.store.put(task.key, "poison", poisoned.to_dict())
         n = int(poisoned.params.get("poisoned", int((poisoned.kind != CLEAN).sum())))

@@ -85,8 +85,8 @@ def test_dry_run_names_a_corrupt_artifact_and_a_cached_run_prints_no_bar(tmp_pat
     assert run("sweep", path, "--workers", "0", "--no-progress").exit_code == 0
     cached = run("sweep", path, "--workers", "0")         # progress bar on: nothing to run, so no bar at all
     assert cached.exit_code == 0 and "0 jobs ran, 4 cached" in cached.output and "sweep:" not in cached.output
-    model = next(Path(workspace, "artifacts").rglob("*model*"))
-    model.write_bytes(model.read_bytes()[:-8] + b"corrupt!")
+    for model in Path(workspace, "artifacts").rglob("*model*"):       # the train job's and the defend job's
+        model.write_bytes(model.read_bytes()[:-8] + b"corrupt!")
     dry = run("sweep", path, "--dry-run")
     assert dry.exit_code == 0
     assert "train job" in dry.output and "stored artifact missing or corrupt" in dry.output
