@@ -495,7 +495,7 @@ class Storage:
             for name, scale, profile, c in rows:
                 chain, cur = {}, c.job_key
                 while cur:
-                    chain[stages[cur]] = cur
+                    chain.setdefault(stages[cur], cur)         # the nearest job of each stage (not a surrogate)
                     cur = parents.get(cur)
                 out.append({"sweep": name, "scale": scale, "profile": profile, "position": c.position,
                             "labels": c.labels, "config": c.config, "key": c.job_key, "chain": chain,

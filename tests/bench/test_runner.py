@@ -167,3 +167,19 @@ def test_two_sweep_processes_never_run_the_same_job(tmp_path):
     storage = Storage(default_url(ws))
     assert all(len(rs) == 1 and rs[0]["status"] == "succeeded" for rs in all_runs(storage).values())
     assert len({c[0] for c in calls}) == 2, "both processes should have done some of the work"
+
+
+def test_a_cells_chain_names_its_own_poison_and_train_jobs_not_the_clean_surrogates(tmp_path):
+    """CL trains a clean surrogate (poison 'none' -> train) above its own poison stage; the cell's chain (stage
+    times in exports, scores in figures) must point at the nearest job of each stage."""
+    storage, summary = run(tiny_sweep(attacks=[{"name": "cl", "target": 0, "poison_rate": 0.5, "steps": 1}],
+                                      defenses=["none"]), tmp_path / "ws")
+    assert summary.ok
+    from bench.db.models import JobRow
+    from sqlalchemy import select
+
+    with storage.session_scope() as s:
+        plugin = dict(s.execute(select(JobRow.key, JobRow.plugin)).all())
+    chain = storage.cells("tiny")[0]["chain"]
+    assert plugin[chain["poison"]] == "cl" and plugin[chain["train"]] == "train"
+    assert plugin[storage.job_detail(chain["train"])["parents"][0]["key"]] == "cl"
