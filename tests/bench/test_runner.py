@@ -175,8 +175,9 @@ def test_a_cells_chain_names_its_own_poison_and_train_jobs_not_the_clean_surroga
     storage, summary = run(tiny_sweep(attacks=[{"name": "cl", "target": 0, "poison_rate": 0.5, "steps": 1}],
                                       defenses=["none"]), tmp_path / "ws")
     assert summary.ok
-    from bench.db.models import JobRow
     from sqlalchemy import select
+
+    from bench.db.models import JobRow
 
     with storage.session_scope() as s:
         plugin = dict(s.execute(select(JobRow.key, JobRow.plugin)).all())
