@@ -141,9 +141,10 @@ def test_the_committed_mini_record_runs_from_its_csv():
     assert len(record) == 60 and {"asr", "ba", "ra"} <= set(record.columns)      # 10 models x 6 (none + 5)
     verdicts = {v.claim.id: v for v in cl.evaluate(cl.load_claims("mcl"), record, scale="mini")}
     best = verdicts["mcl-best-asr"]
-    # NC beats MCL on BadNets beyond the seed spread (13.4 vs 29.3 %); CL and Sig did not take at mini scale
-    assert best.verdict == "fails" and "clearly better: nc 13.39" in best.numbers
-    assert "cl: attack did not take" in best.reason and "sig: attack did not take" in best.reason
+    # NC beats MCL on Trojan beyond the seed spread (7.89 vs 10.19 %); Blend, CL and Sig did not take (one seed
+    # or more under 90 % before any defense) at mini scale
+    assert best.verdict == "fails" and "clearly better: nc 7.89" in best.numbers
+    assert all(f"{a}: attack did not take" in best.reason for a in ("blend", "cl", "sig"))
 
 
 def test_every_committed_claims_file_loads_with_five_or_more_quoted_claims():

@@ -100,13 +100,16 @@ def test_mcl_variant_groups_pick_cells_by_their_defense_options():
     rows = [{"defense": "none", "asr": 0.99}, {"defense": "nc", "asr": 0.04}]
     for source, asr in (("nc", 0.03), ("mesa", 0.02), ("true", 0.01)):
         rows.append({"defense": "mcl", "asr": asr,
-                     "defense_opts": {"trigger_source": source, "loss": "nt_xent", "extra": "none"}})
+                     "defense_opts": {"trigger_source": source, "loss": "nt_xent", "extra": "none",
+                                      "bn_recompute": False}})
     rows.append({"defense": "mcl", "asr": 0.5, "defense_opts": {"trigger_source": "nc", "loss": "mse",
-                                                                "extra": "none"}})
+                                                                "extra": "none", "bn_recompute": False}})
+    rows.append({"defense": "mcl", "asr": 0.06, "defense_opts": {"trigger_source": "nc", "loss": "nt_xent",
+                                                                 "extra": "none", "bn_recompute": True}})
     frame = cells(rows)
     t2 = rp.table_frame(rp.build_table(frame, rp.load_spec("mcl_table2")))
     asr = t2[t2.metric == "asr"].set_index("group")["mean"].to_dict()
-    assert asr == {"Before": 99.0, "NC": 4.0, "MCL(NC)": 3.0, "MCL(MESA)": 2.0, "MCL(True)": 1.0}
+    assert asr == {"Before": 99.0, "NC": 4.0, "MCL(NC)": 3.0, "MCL(MESA)": 2.0, "MCL(True)": 1.0, "MCL(NC)+BN": 6.0}
     t3 = rp.table_frame(rp.build_table(frame, rp.load_spec("mcl_table3")))
     assert t3[t3.metric == "asr"].set_index("group")["mean"].to_dict() == {"Before": 99.0, "MCL": 3.0, "L_mse": 50.0}
     marks = t2[t2.metric == "asr"].set_index("group")["mark"].to_dict()
