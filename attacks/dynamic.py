@@ -66,7 +66,7 @@ from bench.augment import augment
 from bench.data.imageset import DataInfo, ImageSet
 from bench.models import create_model
 from bench.registry import register_attack
-from bench.train import check_finite, pick_device
+from bench.train import check_finite, gen_for_device, pick_device
 
 _EPS = 1e-7                     # models.py l. 82 / config.py l. 38
 _BATCH = 512                    # images per inference call (memory only)
@@ -209,7 +209,6 @@ class Dynamic(Attack):
                                   info.std, **cfg.classifier_options).to(device)
         gen = torch.Generator().manual_seed(self.seed)
         data = train.to(device)
-        aug_gen = gen if device.type == "cpu" else None
         metrics: dict[str, float] = {}
 
         def batches():
@@ -218,8 +217,8 @@ class Dynamic(Attack):
             p1, p2 = torch.randperm(n, generator=gen), torch.randperm(n, generator=gen)
             for s in range(0, n, b):
                 i1, i2 = p1[s:s + b].to(device), p2[s:s + b].to(device)
-                yield (self._aug(data.images[i1], aug_gen or _dev_gen(gen, device)), data.labels[i1],
-                       self._aug(data.images[i2], aug_gen or _dev_gen(gen, device)))
+                yield (self._aug(data.images[i1], gen_for_device(gen, device)), data.labels[i1],
+                       self._aug(data.images[i2], gen_for_device(gen, device)))
 
         # stage 1: the mask network alone
         opt_m = torch.optim.Adam(net_m.parameters(), cfg.mask_lr, betas=(0.5, 0.9))
@@ -336,8 +335,3 @@ class Dynamic(Attack):
             return self.apply_cross(train.images[noise_idx], train.images[(noise_idx + shift) % len(train)])
 
         return self.poison_with_noise(train, generator, self.cfg.cross_ratio, cross)
-
-
-def _dev_gen(gen: torch.Generator, device: torch.device) -> torch.Generator:
-    """A device generator seeded from the CPU one (augmentation on CUDA)."""
-    return torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
