@@ -28,12 +28,19 @@ Defaults are the I-BAU code's (``defense.py`` arguments and constants): MCL App.
 "followed all the settings in the original paper, e.g., learning rate, batch size", because I-BAU does not
 work with the elimination-stage settings the other defenses share.
 
-Scale.  The original adds delta to the *normalised* images its loaders produce (MCL's I-BAU runs use the NAD
-loaders, WeCanShow/MCL ``data_loader.py`` l. 19-24: Normalize with CIFAR-10 std ~0.2), while the zoo's models
-take [0, 1] input and normalise inside ``forward``.  So delta lives in normalised units here too
-(``delta_space: normalised``, the default) and is added to [0, 1] images as delta · std (per channel): the same
-delta_lr = 10, reg = 1e-3 and L2 radius then act on the same perturbation as in the original (in [0, 1] units
-the perturbation would be ~1/std ≈ 4-5× larger).  ``delta_space: pixel`` adds delta in [0, 1] units.
+Scale.  The original adds delta to whatever its model consumes.  I-BAU's own ``defense.py`` feeds [0, 1] images
+(``x_test / 255``, no Normalize) to a model without normalisation, so delta is in pixel units there; MCL's I-BAU
+runs use MCL's loaders (WeCanShow/MCL ``data_loader.py`` l. 19-24: Normalize with CIFAR-10 std ~0.2), so delta is
+in normalised units there.  The zoo's models take [0, 1] input and normalise inside ``forward`` with their own
+mean/std buffers, so ``delta_space: input`` (the default) adds delta · std_model per channel: delta lives in the
+units the model's first layer sees, as in both originals -- normalised units for a zoo model trained here
+(std_model = the dataset's std), pixel units for a published checkpoint loaded with ``normalize: none`` (NAD's
+and ABL's models, trained on ToTensor inputs).  The same delta_lr = 10, reg = 1e-3 and L2 radius then act on the
+same perturbation as in the original.  ``normalised`` forces the dataset's std, ``pixel`` forces 1.
+Measured on NAD's released model (first batch of the first round, 2,500 clean images): delta's L2 after the
+maximisation pass is 149 in dataset-std units (37 in pixels) but 5,062 in pixel units: with lr 10 and reg 1e-3
+the inner problem is unbounded in practice (CE grows with |delta| faster than the regulariser), as the original's
+commented-out L2-ball projection suggests its authors saw.
 
 Deviations: (a) the original unlearns on the first 5,000 *test* images; here the defender's clean subset
 (training images) is used, as for every post-training defense.  (b) The original's inner loss for the
@@ -71,7 +78,7 @@ class IBAUConfig(DefenseConfig):
     # clamps perturbed images to [0, 1].  None / False = defense.py.
     delta_norm: Optional[float] = None
     clamp: bool = False
-    delta_space: Literal["normalised", "pixel"] = "normalised"   # the original's: delta on normalised images
+    delta_space: Literal["input", "normalised", "pixel"] = "input"   # the model's own input units (see Scale)
 
     def recipe(self) -> Recipe:
         """The outer optimizer as a recipe (Adam without weight decay, no schedule, no augmentation)."""
@@ -126,10 +133,15 @@ def _perturb(x: torch.Tensor, delta: torch.Tensor, clamp: bool, scale: torch.Ten
     return out.clamp(0, 1) if clamp else out
 
 
-def delta_scale(info, cfg: IBAUConfig, device: torch.device) -> torch.Tensor | float:
-    """What one unit of delta is in [0, 1] pixels: the dataset's std per channel (normalised space) or 1."""
+def delta_scale(info, cfg: IBAUConfig, device: torch.device,
+                model: nn.Module | None = None) -> torch.Tensor | float:
+    """What one unit of delta is in [0, 1] pixels, per channel [1, C, 1, 1]: the model's own input std
+    (``input``; the dataset's std when the model has none), the dataset's std (``normalised``) or 1 (``pixel``)."""
     if cfg.delta_space == "pixel":
         return 1.0
+    std = getattr(model, "std", None) if cfg.delta_space == "input" else None
+    if isinstance(std, torch.Tensor):
+        return std.detach().float().to(device).view(1, -1, 1, 1)
     return torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
@@ -184,7 +196,7 @@ class IBAU(Defense):
         opt = make_optimizer(params, cfg.recipe())
         gen = ctx.generator("ibau")
         batches = list(batch_indices(len(data), cfg.batch_size, gen, ctx.device, shuffle=False))
-        delta, scale = torch.zeros_like(images[:1]), delta_scale(ctx.info, cfg, ctx.device)
+        delta, scale = torch.zeros_like(images[:1]), delta_scale(ctx.info, cfg, ctx.device, model)
         for rnd in range(cfg.n_rounds):
             delta = maximise_perturbation(model, images, batches, cfg, scale)
             for idx in batches:

@@ -148,7 +148,21 @@ def _true_trigger(ctx: DefenseContext, cfg: MCLConfig) -> tuple[Trigger, dict[st
     if ctx.true_trigger is None:
         raise ValueError("mcl trigger_source 'true' needs an attack with a fixed trigger (not WaNet's warp)")
     trig = ctx.true_trigger
-    return trig, {"mask_l1": float(trig.mask.abs().sum()), "trigger_pixels": float(trig.support().sum())}
+    return trig, true_trigger_metrics(trig)
+
+
+def true_trigger_metrics(trig: Trigger) -> dict[str, float]:
+    """The true trigger's size: ``trigger_pixels`` (its support) always; ``mask_l1`` for a mask trigger, and
+    ``offset_l1`` (sum over pixels of the largest |offset| across channels, [0, 1] units) for an additive one,
+    whose mask is all zero by construction (``Trigger.additive``): a mask L1 of 0 there would read as "no
+    trigger", not as "the trigger is its offset"."""
+    metrics = {"trigger_pixels": float(trig.support().sum())}
+    if trig.offset is None or float(trig.mask.abs().sum()) > 0:
+        metrics["mask_l1"] = float(trig.mask.abs().sum())
+    if trig.offset is not None:
+        off = trig.offset.reshape(-1, *trig.offset.shape[-2:]).abs().amax(0)
+        metrics["offset_l1"] = float(off.sum())
+    return metrics
 
 
 class SampledTriggers:

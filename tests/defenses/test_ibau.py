@@ -51,9 +51,10 @@ def test_ibau_changes_the_model_and_lowers_asr(backdoor):
     assert out.metrics["delta_l2"] > 0
 
 
-def test_delta_lives_in_normalised_units_by_default():
-    """The original adds delta to normalised images; our models normalise inside, so one unit of delta is one
-    std of [0, 1] pixels (per channel), unless ``delta_space: pixel``."""
+def test_delta_lives_in_the_models_input_units_by_default():
+    """delta is added where the original added it: to what the model's first layer sees.  Our models normalise
+    inside, so one unit of delta is one std of the model's own normalisation (the dataset's std for a zoo model,
+    1 for a checkpoint loaded with ``normalize: none``); ``normalised`` forces the dataset's std, ``pixel`` 1."""
     from types import SimpleNamespace
 
     from defenses.ibau import IBAUConfig, delta_scale, unlearning_losses
@@ -61,6 +62,10 @@ def test_delta_lives_in_normalised_units_by_default():
     seen = []
 
     class _Record(torch.nn.Module):
+        def __init__(self, std):
+            super().__init__()
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
         def forward(self, x):
             seen.append(x.detach().clone())
             return x.flatten(1)[:, :2]
@@ -68,10 +73,15 @@ def test_delta_lives_in_normalised_units_by_default():
     info = SimpleNamespace(std=(0.25, 0.5))
     x, y = torch.full((4, 2, 3, 3), 0.5), torch.zeros(4, dtype=torch.long)
     delta = torch.ones(1, 2, 3, 3)
-    for space, step in [("normalised", (0.25, 0.5)), ("pixel", (1.0, 1.0))]:
-        cfg = IBAUConfig(delta_space=space)
-        inner, _ = unlearning_losses(_Record(), x, y, cfg, torch.Generator().manual_seed(0),
-                                     delta_scale(info, cfg, torch.device("cpu")))
+    cases = [("input", (0.25, 0.5), (0.25, 0.5)),       # a zoo model: its std is the dataset's
+             ("input", (1.0, 1.0), (1.0, 1.0)),         # normalize: none (NAD's, ABL's checkpoints)
+             ("normalised", (1.0, 1.0), (0.25, 0.5)),   # forced to the dataset's std
+             ("pixel", (0.25, 0.5), (1.0, 1.0))]
+    for space, model_std, step in cases:
+        cfg, model = IBAUConfig(delta_space=space), _Record(model_std)
+        inner, _ = unlearning_losses(model, x, y, cfg, torch.Generator().manual_seed(0),
+                                     delta_scale(info, cfg, torch.device("cpu"), model))
         inner(delta)
-        assert torch.allclose(seen[-1][:, 0], torch.full((4, 3, 3), 0.5 + step[0]))
-        assert torch.allclose(seen[-1][:, 1], torch.full((4, 3, 3), 0.5 + step[1]))
+        assert torch.allclose(seen[-1][:, 0], torch.full((4, 3, 3), 0.5 + step[0])), (space, model_std)
+        assert torch.allclose(seen[-1][:, 1], torch.full((4, 3, 3), 0.5 + step[1])), (space, model_std)
+

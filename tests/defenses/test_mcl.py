@@ -224,3 +224,20 @@ def test_mcl_true_and_mesa_remove_additive_backdoors(additive_backdoor, source):
     # the paper (Sig: 84.64 -> 81.92 with MCL(True), -> 73.81 with MCL(NC); Table 2).
     assert after["asr"] <= b.metrics["asr"] - 0.5, after
     assert after["ba"] >= b.metrics["ba"] - BA_COST[b.attack.name], after
+    if source == "true":                 # an additive trigger is its offset: its size is reported as such
+        assert "mask_l1" not in out.metrics, out.metrics
+        assert out.metrics["offset_l1"] > 0 and out.metrics["trigger_pixels"] > 0, out.metrics
+
+
+def test_true_trigger_size_of_a_mask_and_of_an_additive_trigger():
+    from defenses.mcl import true_trigger_metrics
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 5:8, 5:8] = 1.0
+    patch = true_trigger_metrics(Trigger(mask, torch.ones(3, 8, 8)))
+    assert patch == {"trigger_pixels": 9.0, "mask_l1": 9.0}
+    signal = torch.zeros(3, 8, 8)
+    signal[0, 0, :4] = 51.0                   # 0.2 in [0, 1] units on 4 pixels of the red channel
+    signal[2, 0, :2] = -102.0                 # -0.4 on 2 of them in blue: the largest |offset| per pixel counts
+    additive = true_trigger_metrics(Trigger.additive(signal, 3))
+    assert additive["trigger_pixels"] == 4.0 and "mask_l1" not in additive
+    assert additive["offset_l1"] == pytest.approx(2 * 0.4 + 2 * 0.2)
