@@ -239,9 +239,13 @@ def embed(model: nn.Module, images_u8: torch.Tensor, device: torch.device | None
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> nn.Module:
+def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device,
+                 seed: int = 0) -> nn.Module:
     """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on ``data`` (MCR's
-    curve points; MCL's ``bn_recompute`` switch)."""
+    curve points; MCL's ``bn_recompute`` switch), over batches in a seeded random order as MCR's ``bn_update``
+    over its shuffled train loader: the running variance is the mean of the per-batch variances, so batches of
+    one class each (a subset sorted by index of a dataset stored class by class) would leave out the variance
+    between classes."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
@@ -252,7 +256,7 @@ def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torc
     model.train()
     data = data.to(device)
     with torch.no_grad():                      # statistics only: no graph
-        for idx in batch_indices(len(data), batch_size, None, device, shuffle=False):
+        for idx in batch_indices(len(data), batch_size, torch.Generator().manual_seed(seed), device):
             model(data.images[idx].float().div_(255))
     for bn, mom in zip(bns, momenta):
         bn.momentum = mom

@@ -209,7 +209,7 @@ TRIGGER_SOURCES: dict[str, tuple[frozenset[str], tuple[str, ...], Callable]] = {
 }
 
 
-@register_defense("mcl", display_name="MCL")
+@register_defense("mcl", version=2, display_name="MCL")   # v2: recompute_bn over shuffled batches
 class MCL(Defense):
     """Invert the trigger, then pull h(x̂) of the purified model to the backdoored model's h(x) (Eq. 3)."""
 

@@ -150,7 +150,7 @@ def accuracy(model: nn.Module, data: ImageSet) -> float:
     return float((predict(model, data.images) == data.labels.cpu()).float().mean()) if len(data) else float("nan")
 
 
-@register_defense("mcr", display_name="MCR")
+@register_defense("mcr", version=2, display_name="MCR")   # v2: recompute_bn over shuffled batches
 class MCR(Defense):
     """Fine-tune a second end point, train the Bézier control point on the tiled clean data, read the model at t."""
 

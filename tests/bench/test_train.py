@@ -153,3 +153,22 @@ def test_shortening_a_paper_recipe_without_restating_milestones_fails():
     with pytest.raises(ConfigError, match="restate them"):
         RECIPES.get("mcl_paper").parse({"epochs": 10}, "recipe")
     assert RECIPES.get("mcl_paper").parse({"epochs": 10, "milestones": [4, 7]}, "recipe").milestones == (4, 7)
+
+
+def test_recompute_bn_statistics_do_not_depend_on_the_sets_class_order():
+    """The running variance is a mean of per-batch variances: one-class batches (a class-sorted set taken in
+    order) would miss the variance between classes.  Batches are drawn in a seeded random order instead."""
+    from torch import nn
+
+    from bench.data.imageset import ImageSet
+    from bench.train import recompute_bn
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(64)               # 4 classes, stored class by class
+    images = (labels.view(-1, 1, 1, 1) * 60 + torch.randint(0, 8, (256, 1, 4, 4), generator=g)).to(torch.uint8)
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    recompute_bn(model, ImageSet(images, labels), 64, torch.device("cpu"))
+    full_var = images.float().div(255).var().item()             # ~ the between-class variance
+    within = images.float().div(255).view(4, -1).var(1).mean().item()
+    assert abs(model[0].running_var.item() - full_var) < 0.25 * full_var, (model[0].running_var, full_var)
+    assert model[0].running_var.item() > 10 * within

@@ -85,3 +85,26 @@ def test_delta_lives_in_the_models_input_units_by_default():
         assert torch.allclose(seen[-1][:, 0], torch.full((4, 3, 3), 0.5 + step[0])), (space, model_std)
         assert torch.allclose(seen[-1][:, 1], torch.full((4, 3, 3), 0.5 + step[1])), (space, model_std)
 
+
+
+def test_unlearning_batches_mix_classes_in_one_order_for_every_round(backdoor, monkeypatch):
+    """The original passes over its (randomly ordered) set unshuffled, the same order each round; a subset sorted
+    class by class (as the offline datasets are stored) must not become one-class batches."""
+    import defenses.ibau as ibau
+
+    defense = make_defense({"name": "ibau", "n_rounds": 2, "k": 1, "batch_size": 32})
+    ctx = make_context(backdoor, defense, clean_ratio=0.3)
+    order = torch.argsort(ctx.clean.labels, stable=True)
+    ctx.clean = ctx.clean.subset(order)                          # class 0 first, then 1, ...
+    seen, real = [], ibau.unlearning_losses
+
+    def spy(model, x, y, cfg, gen, scale=1.0):
+        seen.append(y.clone())
+        return real(model, x, y, cfg, gen, scale)
+
+    monkeypatch.setattr(ibau, "unlearning_losses", spy)
+    defense.run(ctx)
+    per_round = len(seen) // 2
+    assert per_round == -(-len(ctx.clean) // 32)
+    assert all(len(torch.unique(y)) > 1 for y in seen), [torch.unique(y).tolist() for y in seen]
+    assert all(torch.equal(a, b) for a, b in zip(seen[:per_round], seen[per_round:]))
