@@ -65,6 +65,7 @@ METRIC_DEFAULTS = {
     "flag_precision": MetricSpec("flag_precision", "Flag prec.", "higher"),
     "flag_recall": MetricSpec("flag_recall", "Flag rec.", "higher"),
     "kept_precision": MetricSpec("kept_precision", "Kept prec.", "higher"),
+    "trusted_precision": MetricSpec("trusted_precision", "Trusted prec.", "higher"),   # D-BR/D-ST: D-hat_c
     "clean_kept": MetricSpec("clean_kept", "clean", "higher"),
     "poison_kept": MetricSpec("poison_kept", "backdoor", "lower"),
     "ba_delta": MetricSpec("ba_delta", "ΔBA", "none"), "asr_delta": MetricSpec("asr_delta", "ΔASR", "none"),

@@ -210,14 +210,17 @@ def test_bench_check_rejects_a_claims_typo_with_exit_2(tmp_path):
     assert run.exit_code == 2 and f"{syntax}: not valid YAML: line 3, column 1" in run.output
 
 
-def test_the_transcribed_all_defenses_record_takes_dotted_options_from_its_configs():
+def test_the_all_defenses_record_takes_dotted_options_from_its_configs():
+    """The committed record is a ``bench export`` CSV: options such as defense.mode and defense.filter are read from
+    each row's config column."""
     record = cl.record_from_csv(ROOT / "reports" / "records" / "all_defenses_mcl_setting_mini.csv")
     verdicts = {v.claim.id: v for v in cl.evaluate(cl.load_claims("dbr"), record)}
-    assert verdicts["sd-split-precision"].verdict == "holds"                 # D-hat_c 99.9 % on BadNets, Blend
+    assert verdicts["sd-split-precision"].verdict == "holds"                 # D-hat_c (trusted set) 99.98 %
+    assert "trusted_precision dbr = 99.98" in verdicts["sd-split-precision"].numbers
     assert verdicts["dbr-asr-under-1"].verdict == "fails"                    # defense.mode read from config
-    assert "asr dbr,defense.mode=unlearn_relearn = 100.00" in verdicts["dbr-asr-under-1"].numbers
+    assert "asr dbr,defense.mode=unlearn_relearn = 99.94" in verdicts["dbr-asr-under-1"].numbers
     ssl = {v.claim.id: v for v in cl.evaluate(cl.load_claims("ssl"), record)}
-    assert "energy: clean_kept ssl_cleanse = 31.30" in ssl["filters-keep-clean"].numbers   # for_each defense.filter
+    assert "clean_kept ssl_cleanse = 38.33" in ssl["filters-keep-clean"].numbers   # the kNN filter (Energy not re-run)
 
 
 def test_the_verdicts_in_reproduction_md_are_what_the_engine_says():
