@@ -39,15 +39,17 @@ and ABL's models, trained on ToTensor inputs).  The same delta_lr = 10, reg = 1e
 same perturbation as in the original.  ``normalised`` forces the dataset's std, ``pixel`` forces 1.
 Measured on NAD's released model (first batch of the first round, 2,500 clean images): delta's L2 after the
 maximisation pass is 149 in dataset-std units (37 in pixels) but 5,062 in pixel units: with lr 10 and reg 1e-3
-the inner problem is unbounded in practice (CE grows with |delta| faster than the regulariser), as the original's
-commented-out L2-ball projection suggests its authors saw.
+the regulariser balances the growing CE only at very large norms, so the inner problem is unbounded in practice
+(the original has an L2-ball projection, commented out).
 
 Batch order.  ``defense.py`` iterates its unlearning set unshuffled, in the same order every round; that set is
 the CIFAR test set, whose classes come in random order.  Our clean subset is sorted by training index and the
 offline datasets are stored class by class, so the same unshuffled pass would give single-class batches: one
 Adam step per class in turn.  Measured on NAD's released model (2,500 clean images, 5 rounds): class-ordered
 batches BA 75.8 -> 49.4 / 45.5 % (seeds 0, 1; ASR 0.6 / 0.0 %), a random fixed order BA 76.2 -> 76.5 % (delta in dataset-std units; ASR
-100 -> 23 %, 2,000 test images).  So the batches are one seeded random order, fixed across rounds (version 2).
+100 -> 23 %, 2,000 test images); with the order fixed and delta in pixel units (``input``) BA 72.8 / 73.5, ASR 5.6 /
+4.7 % (seeds 0, 1; MCL Table 1 reports a 3.5-point cost).  So the batches are one seeded random order, fixed
+across rounds (version 2).
 
 Deviations: (a) the original unlearns on the first 5,000 *test* images; here the defender's clean subset
 (training images) is used, as for every post-training defense.  (b) The original's inner loss for the
