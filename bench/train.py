@@ -239,8 +239,7 @@ def embed(model: nn.Module, images_u8: torch.Tensor, device: torch.device | None
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device,
-                 seed: int = 0) -> nn.Module:
+def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> nn.Module:
     """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on ``data`` (MCR's
     curve points; MCL's ``bn_recompute`` switch), over batches in a seeded random order as MCR's ``bn_update``
     over its shuffled train loader: the running variance is the mean of the per-batch variances, so batches of
@@ -256,7 +255,7 @@ def recompute_bn(model: nn.Module, data: ImageSet, batch_size: int, device: torc
     model.train()
     data = data.to(device)
     with torch.no_grad():                      # statistics only: no graph
-        for idx in batch_indices(len(data), batch_size, torch.Generator().manual_seed(seed), device):
+        for idx in batch_indices(len(data), batch_size, torch.Generator().manual_seed(0), device):
             model(data.images[idx].float().div_(255))
     for bn, mom in zip(bns, momenta):
         bn.momentum = mom

@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.attack import Trigger
 from bench.registry import DEFENSES
-from bench.train import make_optimizer, make_scheduler
+from bench.train import batch_indices, make_optimizer, make_scheduler
 from defenses.mcl import MCLConfig, feature_mse_loss, mcl_objective, model_contrastive_loss
 
 
@@ -185,9 +185,8 @@ def test_bn_recompute_sets_the_statistics_of_the_clean_subset(backdoor):
             m.momentum = None
     fresh.train()
     with torch.no_grad():
-        order = torch.randperm(len(ctx.clean), generator=torch.Generator().manual_seed(0))
-        for s in range(0, len(ctx.clean), 64):
-            fresh(ctx.clean.images[order[s:s + 64]].float() / 255)
+        for idx in batch_indices(len(ctx.clean), 64, torch.Generator().manual_seed(0), torch.device("cpu")):
+            fresh(ctx.clean.images[idx].float() / 255)
     for a, b in zip(bn_means(model), bn_means(fresh)):
         assert torch.allclose(a, b, atol=1e-5)
     assert any(not torch.allclose(a, b, atol=1e-3) for a, b in zip(bn_means(runs[False][1]), bn_means(model)))
