@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Collection, Literal, Mapping
 
 from bench.config import ConfigError, closest
 
@@ -232,12 +232,17 @@ class Count:
     samples: int
 
 
-def count(kind: str, cfg: Mapping[str, Any], recipe: Mapping[str, Any], n: int, clean_ratio: float = 0.05) -> Count:
+def count(kind: str, cfg: Mapping[str, Any], recipe: Mapping[str, Any], n: int, clean_ratio: float = 0.05,
+          only: Collection[str] | None = None, skip: Collection[str] = ()) -> Count:
     """Optimizer steps and samples seen by a train job (``kind`` "recipe") or a defend job, at ``n`` training
     images.  Each stage's steps are epochs x batches per epoch (the last partial batch counted); inversions run
-    once per scanned class are counted once; a cleansing defense's retraining on the kept set is not counted."""
+    once per scanned class are counted once; a cleansing defense's retraining on the kept set is not counted.
+    ``only`` / ``skip``: schedule fields to count / leave out (a prepare job counts its ``prepare_fields``, its
+    defend job the rest)."""
     steps = samples = 0
     for field, stage in stages_of(kind, cfg["name"]).items():
+        if field in skip or (only is not None and field not in only):
+            continue
         if stage.when and cfg.get(stage.when[0]) != stage.when[1]:
             continue
         value = cfg.get(field)
@@ -267,15 +272,17 @@ def _set_size(stage: Stage, cfg: Mapping[str, Any], n: int, clean_ratio: float) 
 
 
 def job_lines(graph) -> list[str]:
-    """One line per generate, train and defend job of a ``bench.graph.Graph``: its optimizer steps and samples
-    seen at the sweep's scale beside the paper-scale values (the cell resolved without the profile)."""
+    """One line per generate, train, prepare and defend job of a ``bench.graph.Graph``: its optimizer steps and
+    samples seen at the sweep's scale beside the paper-scale values (the cell resolved without the profile)."""
+    from bench.registry import DEFENSES
+
     lines, seen = [], set()
     for cell, key in graph.cells:
         n, full = train_size(cell.dataset), paper_size(cell.dataset)
         paper = {"recipe": cell.recipe, "defense": cell.defense, "attack": cell.attack, **cell.paper}
         for job_key in reversed(graph.ancestors(key)):
             job = graph.jobs[job_key]
-            if job.stage not in ("generate", "train", "defend") or job_key in seen or not n:
+            if job.stage not in ("generate", "train", "prepare", "defend") or job_key in seen or not n:
                 continue
             seen.add(job_key)
             if job.stage == "train" and cell.model.get("checkpoint"):
@@ -289,11 +296,13 @@ def job_lines(graph) -> list[str]:
                 now = count("recipe", cell.recipe, cell.recipe, n)
                 then = count("recipe", paper["recipe"], paper["recipe"], full or n)
             else:
-                label = cell.defense["name"]
-                now = count("defense", cell.defense, cell.recipe, n, cell.clean_ratio)
-                then = count("defense", paper["defense"], paper["recipe"], full or n, cell.clean_ratio)
+                shared = set(DEFENSES.get(cell.defense["name"]).obj.prepare_fields)
+                part = {"only": shared} if job.stage == "prepare" else {"skip": shared}
+                label = cell.defense["name"] + (" (shared)" if job.stage == "prepare" else "")
+                now = count("defense", cell.defense, cell.recipe, n, cell.clean_ratio, **part)
+                then = count("defense", paper["defense"], paper["recipe"], full or n, cell.clean_ratio, **part)
             if now.steps or then.steps:
-                lines.append(f"    {job.stage:<6} {job_key[:10]}  {label:<26} {now.steps:>9,} / {then.steps:>9,} steps"
+                lines.append(f"    {job.stage:<7} {job_key[:10]}  {label:<26} {now.steps:>9,} / {then.steps:>9,} steps"
                              f"  {_short(now.samples):>7} / {_short(then.samples):>7} samples")
     return lines
 

@@ -58,6 +58,8 @@ class DefenseContext:
         true_trigger: the attack's own trigger (privileged knowledge, e.g. MCL(True)); marked in reports.
         recipe: the cell's training recipe; new_model(): a fresh model of the cell's architecture.
         evaluate(model) -> {"ba", "asr", ...}: test-set metrics, ONLY for recording curves, never for selection.
+        prepared: the state ``Defense.prepare`` returned in the cell's cached ``prepare`` stage (a defense with
+            ``prepare_fields``; None otherwise, and in a direct ``run`` call outside a sweep).
     """
 
     info: DataInfo
@@ -72,6 +74,7 @@ class DefenseContext:
     train: Optional[ImageSet] = None
     true_trigger: Optional[Trigger] = None
     evaluate: Optional[Callable[[nn.Module], dict[str, float]]] = None
+    prepared: Optional[dict[str, Any]] = None
 
     def generator(self, stream: str = "") -> torch.Generator:
         """A CPU generator seeded from (cell seed, stream name): independent, reproducible random streams."""
@@ -115,6 +118,11 @@ class Defense:
     # True: the runner holds out every 10th image of the clean subset as ``ctx.clean_val`` (thresholds, early
     # stopping, a stopping rule); False: the defense gets the whole clean subset and no validation slice.
     uses_clean_val: ClassVar[bool] = False
+    # Config fields of a preparation that cells may share (seed 002's SimCLR embedding, trained once for its kNN,
+    # Energy and kNN+Energy filters): non-empty -> the graph gives the defense a cached ``prepare`` stage keyed by
+    # these fields, the cell's seed and model and the defend stage's parent (its data), and ``run`` finds what
+    # ``prepare`` returned in ``ctx.prepared``.  Like an attack's ``generator_fields`` (bench/graph.py).
+    prepare_fields: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str]
     version: ClassVar[int]
 
@@ -129,6 +137,16 @@ class Defense:
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError(f"{type(self).__name__}.run")
+
+    def prepare(self, ctx: DefenseContext) -> tuple[dict[str, Any], dict[str, float]]:
+        """The shared preparation of a defense with ``prepare_fields`` -> (its state: tensors, stored as the
+        ``prepare`` job's artifact; its metrics).  It may read only ``prepare_fields`` of ``self.cfg``."""
+        raise NotImplementedError(f"{type(self).__name__} declares prepare_fields but no prepare")
+
+    def prepared(self, ctx: DefenseContext) -> dict[str, Any]:
+        """``ctx.prepared`` when the runner loaded it from the cached stage, else ``prepare`` run here (a direct
+        call outside a sweep)."""
+        return ctx.prepared if ctx.prepared is not None else self.prepare(ctx)[0]
 
 
 def top_flags(scores: torch.Tensor, k: int, largest: bool = True,

@@ -1,4 +1,4 @@
-"""The job graph: [generate ->] poison -> train -> defend -> evaluate, each stage keyed by content.
+"""The job graph: [generate ->] poison -> train -> [prepare ->] defend -> evaluate, each stage keyed by content.
 
 key = sha256(canonical JSON of {stage, plugin, plugin version, the stage's own resolved config, parent key}).
 A stage's config holds only what changes its output, so
@@ -13,6 +13,9 @@ An attack that needs a clean model (label-consistent PGD, TrojanNN) gets a paren
 An attack with a trained trigger generator (``Attack.generator_fields``: input-aware dynamic, SSBA's encoder, ...)
 gets a ``generate`` stage above its poison stage, keyed by the dataset, the seed and only the generator's own
 config fields, so one generator serves every poison rate, defense and later sweep that shares them.
+A defense with a shared preparation (``Defense.prepare_fields``: seed 002's SimCLR embedding) gets a ``prepare``
+stage between the defend stage's parent and the defend stage, keyed by the defense's name, those fields, the seed,
+the model and (when it reads one) the clean subset, so its kNN, Energy and kNN+Energy filters train one encoder.
 
 A checkpoint cell (``model: {name, checkpoint: FILE, ...}``, bench/models/checkpoint.py) has no backdoor
 training: its train stage is the root, plugin ``checkpoint``, keyed by the file's sha256 (its path is stored
@@ -33,7 +36,7 @@ TRAIN_VERSION = 1          # bump when bench.train.fit changes its output for th
 CHECKPOINT_VERSION = 1     # bump when bench.models.checkpoint loads a file differently
 EVAL_VERSION = 1           # bump when bench.metrics changes
 POISON_VERSION = 2         # bump when the poison stage draws differently (2: its own seed stream, bench.train.stream_seed)
-STAGES = ("generate", "poison", "train", "defend", "evaluate")
+STAGES = ("generate", "poison", "train", "prepare", "defend", "evaluate")
 _NOT_SEMANTIC = {"dataset": ("root", "download")}   # where data lives does not change a result
 
 
@@ -105,9 +108,26 @@ def cell_jobs(cell: Cell) -> list[Job]:
     else:  # training-time / cleansing: trains its own model from the poisoned set
         defend_cfg |= {"model": cell.model, "recipe": cell.recipe}
         parent = poison
+    jobs += _defend_jobs(cell, defense_cls, defend_cfg, parent)
+    return jobs
+
+
+def _defend_jobs(cell: Cell, defense_cls, defend_cfg: dict[str, Any], parent: Job) -> list[Job]:
+    """[prepare ->] defend -> evaluate below ``parent``."""
+    jobs = []
+    if defense_cls.prepare_fields:
+        shared = {k: defend_cfg[k] for k in ("seed", "model", "clean_ratio", "clean_stratified", "clean_val")
+                  if k in defend_cfg}
+        parent = make_job("prepare", cell.defense["name"], defense_cls.version,
+                          {"prepare": prepare_config(cell.defense, defense_cls), **shared}, parent)
+        jobs.append(parent)
     defend = make_job("defend", cell.defense["name"], defense_cls.version, defend_cfg, parent)
-    evaluate = make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)
-    return jobs + [defend, evaluate]
+    return jobs + [defend, make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)]
+
+
+def prepare_config(defense: dict[str, Any], defense_cls) -> dict[str, Any]:
+    """What a prepare stage hashes of a resolved defense config: its name and ``prepare_fields``."""
+    return {"name": defense["name"], **{f: defense[f] for f in defense_cls.prepare_fields}}
 
 
 def generator_config(attack: dict[str, Any], attack_cls) -> dict[str, Any]:
@@ -147,9 +167,7 @@ def checkpoint_jobs(cell: Cell, dataset: dict[str, Any]) -> list[Job]:
     source = make_job("train", "checkpoint", CHECKPOINT_VERSION, {"dataset": dataset, "model": cell.model}, None)
     poison = make_job("poison", cell.attack["name"], attack_cls.version,
                       {"dataset": dataset, "attack": cell.attack, "seed": cell.seed, "trigger_only": True}, source)
-    defend = make_job("defend", cell.defense["name"], defense_cls.version, _defend_config(cell, defense_cls),
-                      poison)
-    return [source, poison, defend, make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)]
+    return [source, poison, *_defend_jobs(cell, defense_cls, _defend_config(cell, defense_cls), poison)]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from bench.db.storage import Storage
+from bench.graph import STAGES
 
 LABELS = ("dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed")
 
@@ -32,7 +33,7 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         for (name, _subset), (value, count) in sorted(defends.get(c["chain"].get("defend"), {}).items()):
             row.setdefault(name, value)
             row.setdefault(f"{name}_n", count)           # e.g. flag_recall_n = the number of poisoned images
-        for stage in ("generate", "poison", "train", "defend", "evaluate"):
+        for stage in STAGES:
             key = c["chain"].get(stage)
             row[f"{stage}_s"] = durations.get(key) if key else None
         row["key"] = c["key"]

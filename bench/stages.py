@@ -154,15 +154,31 @@ class StageRunner:
         model = fit(model, train, recipe_of(task.chain), device=self.device, seed=task.chain["seed"])
         return Outcome([self.put_model(task.key, model, task.chain["model"])])
 
-    def run_defend(self, task: Task) -> Outcome:
-        chain, seed = task.chain, task.chain["seed"]
-        bundle = self.dataset(chain["dataset"])
+    def defense_inputs(self, task: Task, spec: dict[str, Any]):
+        """The defense built from ``spec`` and the context its cell hands it -> (defense, ctx, data)."""
+        bundle = self.dataset(task.chain["dataset"])
         poisoned, train = self.poisoned_train(task, bundle)
-        spec = dict(chain["defense"])
+        spec = dict(spec)
         entry = DEFENSES.get(spec.pop("name"))
         defense: Defense = entry.obj(entry.parse(spec))
         attack = self.attack(task, bundle, poisoned)
         ctx = self.context(task, defense, bundle, poisoned, train, attack)
+        return defense, ctx, (bundle, poisoned, train, attack)
+
+    def run_prepare(self, task: Task) -> Outcome:
+        """A defense's shared preparation (``Defense.prepare``), built from its ``prepare_fields`` alone."""
+        defense, ctx, _ = self.defense_inputs(task, task.chain["prepare"])
+        seed_everything(task.chain["seed"])
+        state, metrics = defense.prepare(ctx)
+        return Outcome([self.store.put(task.key, "prepared", state)],
+                       [Metric(k, float(v), None, "prepare") for k, v in metrics.items()])
+
+    def run_defend(self, task: Task) -> Outcome:
+        chain, seed = task.chain, task.chain["seed"]
+        defense, ctx, (bundle, poisoned, train, attack) = self.defense_inputs(task, chain["defense"])
+        entry = DEFENSES.get(chain["defense"]["name"])
+        if "prepare" in task.lineage:
+            ctx.prepared = self.load(task, "prepare", "prepared")
         seed_everything(seed)
         result: DefenseResult = defense.run(ctx)
         out = Outcome(curves=ctx.curves.rows)

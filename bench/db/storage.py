@@ -548,8 +548,8 @@ class Storage:
 
 # Ready jobs deepest stage first: a finished parent's child starts next (short ready-to-start latency, cells
 # complete early, fewer artifacts waiting) instead of every root job running before any child.
-_DEEPEST_FIRST = case({"evaluate": 0, "defend": 1, "train": 2, "poison": 3, "generate": 4}, value=JobRow.stage,
-                      else_=5)
+_DEEPEST_FIRST = case({"evaluate": 0, "defend": 1, "prepare": 2, "train": 3, "poison": 4, "generate": 5},
+                      value=JobRow.stage, else_=6)
 
 
 def _insert_rows(s: Session, table, rows: list[dict]) -> None:
