@@ -30,6 +30,7 @@ from sqlalchemy import and_, case, create_engine, delete, event, func, or_, sele
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from bench.config import digest
 from bench.db.models import (
     SCHEMA_VERSION,
     ArtifactRow,
@@ -179,7 +180,10 @@ class Storage:
         ``jobs`` are graph jobs (parents first); ``cells`` are (labels, config, evaluate key) per cell.
         The cell list replaces the stored one, unless ``merge`` (a run of some cells, ``--only``) and the
         stored sweep has the same profile and scale: then cells and jobs not yet listed are appended, so
-        running a table block by block builds the whole table.  Existing jobs, runs and metrics are never touched.
+        running a table block by block builds the whole table.  A listed cell whose config comes back with a new
+        key (a plugin's or the harness's version changed) is moved to the new key in its place, so a block re-run
+        after a fix does not leave the stale result beside the new one as a second variant.  Existing jobs, runs
+        and metrics are never touched.
         """
         now = utcnow()
         jobs = list(jobs)
@@ -204,16 +208,22 @@ class Storage:
                 row.file, row.profile, row.scale, row.document, row.updated_at = file, profile, scale, document, now
             listed: dict[str, int] = {}
             listed_jobs: set[str] = set()
+            by_config: dict[str, CellRow] = {}
             if merge:
-                listed = dict(s.execute(select(CellRow.job_key, CellRow.position)
-                                        .where(CellRow.sweep_id == row.id)).all())
+                stored = list(s.scalars(select(CellRow).where(CellRow.sweep_id == row.id)))
+                listed = {c.job_key: c.position for c in stored}
+                by_config = {digest(c.config): c for c in stored}
                 listed_jobs = set(s.scalars(select(SweepJobRow.job_key).where(SweepJobRow.sweep_id == row.id)))
             else:
                 s.execute(delete(CellRow).where(CellRow.sweep_id == row.id))
                 s.execute(delete(SweepJobRow).where(SweepJobRow.sweep_id == row.id))
             pos = max(listed.values(), default=-1) + 1
             for labels, config, key in cells:
-                if key not in listed:
+                stale = by_config.get(digest(config))
+                if key not in listed and stale is not None:          # same cell, new code: the new key
+                    stale.job_key, stale.labels = key, labels
+                    listed[key] = stale.position
+                elif key not in listed:
                     s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config))
                     listed[key] = pos
                     pos += 1

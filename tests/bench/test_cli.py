@@ -110,3 +110,21 @@ def test_running_a_table_block_by_block_builds_the_whole_table(tmp_path, workspa
     assert exported() == [("ft", "done"), ("none", "done")]
     ls = CliRunner().invoke(main, ["ls"])
     assert "2/2" in ls.output
+
+
+def test_a_block_re_run_after_a_version_bump_replaces_its_stale_cells(tmp_path, workspace, monkeypatch):
+    """A fix bumps a plugin's version: re-running that block with --only moves its cells to the new keys in
+    place, instead of listing the old result beside the new one as a second variant of the same config."""
+    from defenses.ft import FineTuning
+
+    path = write(tmp_path, tiny_sweep())
+    run = ["sweep", path, "--workers", "0", "--no-progress"]
+    assert CliRunner().invoke(main, run).exit_code == 0
+    before = json.loads(CliRunner().invoke(main, ["export", "--format", "json"]).stdout)
+    monkeypatch.setattr(FineTuning, "version", FineTuning.version + 1)
+    again = CliRunner().invoke(main, [*run, "--only", "defense.name=ft"])
+    assert again.exit_code == 0, again.output
+    after = json.loads(CliRunner().invoke(main, ["export", "--format", "json"]).stdout)
+    assert sorted(r["defense"] for r in after) == ["ft", "none"]
+    old, new = ({r["defense"]: r["key"] for r in rows} for rows in (before, after))
+    assert new["none"] == old["none"] and new["ft"] != old["ft"]
