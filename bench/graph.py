@@ -74,6 +74,23 @@ def _semantic(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in drop}
 
 
+def stale_stages(versions: dict[str, tuple[str, int]]) -> list[str]:
+    """Which of a stored cell's jobs ran an older version of their plugin than this code registers, as
+    "ibau v1 < v2" (``versions``: stage -> (plugin, version), ``Storage.cells``).  Such a result is not what
+    running its config today gives: a report leaves it out."""
+    fixed = {"train": TRAIN_VERSION, "checkpoint": CHECKPOINT_VERSION, "evaluate": EVAL_VERSION}
+    out = []
+    for stage, (plugin, version) in versions.items():
+        if plugin in fixed:
+            now = fixed[plugin]
+        else:
+            registry = DEFENSES if stage in ("prepare", "defend") else ATTACKS
+            now = registry.get(plugin).obj.version if plugin in registry else version
+        if version != now:
+            out.append(f"{plugin} v{version} < v{now}")
+    return out
+
+
 def cell_jobs(cell: Cell) -> list[Job]:
     """The chain of jobs of one cell, parents first (the last one is the cell's evaluate job)."""
     attack_cls = ATTACKS.get(cell.attack["name"]).obj

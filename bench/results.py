@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from bench.db.storage import Storage
-from bench.graph import STAGES
+from bench.graph import STAGES, stale_stages
 
 LABELS = ("dataset", "model", "recipe", "attack", "defense", "clean_ratio", "seed")
 
@@ -36,6 +36,7 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         for stage in STAGES:
             key = c["chain"].get(stage)
             row[f"{stage}_s"] = durations.get(key) if key else None
+        row["stale"] = "; ".join(stale_stages(c["versions"]))   # ran older code than this checkout's
         row["key"] = c["key"]
         row["config"] = json.dumps(c["config"], sort_keys=True)
         rows.append(row)

@@ -42,7 +42,14 @@ def _sweep_frame(storage, sweep: str):
     names = storage.sweep_names()
     if sweep not in names:
         raise click.BadParameter(f"no sweep {sweep!r}; {closest(sweep, names)}", param_hint="'--sweep'")
-    return cells_frame(storage, sweep)
+    frame = cells_frame(storage, sweep)
+    stale = frame["stale"].astype(bool) if not frame.empty else frame.get("stale", [])
+    if len(frame) and stale.any():
+        why = sorted(set("; ".join(frame.loc[stale, "stale"]).split("; ")))
+        click.echo(f"{sweep}: left out {int(stale.sum())} cells whose results came from older code "
+                   f"({', '.join(why)}); re-run them to include them", err=True)
+        frame = frame[~stale]
+    return frame
 
 
 @click.command()

@@ -491,7 +491,8 @@ class Storage:
                                   .where(RunRow.job_key.in_(keys), RunRow.status == "succeeded")).all())
 
     def cells(self, sweep: str | None = None) -> list[dict[str, Any]]:
-        """Cells (with sweep name, labels, config, evaluate key and the keys of the evaluate's ancestors)."""
+        """Cells (with sweep name, labels, config, evaluate key, the keys of the evaluate's ancestors and each
+        one's (plugin, version))."""
         with self.session_scope() as s:
             q = select(SweepRow.name, SweepRow.scale, SweepRow.profile, CellRow).join(
                 CellRow, CellRow.sweep_id == SweepRow.id)
@@ -501,6 +502,7 @@ class Storage:
             parents = dict(s.execute(select(JobRow.key, JobRow.parent_key)).all())
             stages = dict(s.execute(select(JobRow.key, JobRow.stage)).all())
             states = dict(s.execute(select(JobRow.key, JobRow.state)).all())
+            plugins = {k: (p, v) for k, p, v in s.execute(select(JobRow.key, JobRow.plugin, JobRow.plugin_version))}
             out = []
             for name, scale, profile, c in rows:
                 chain, cur = {}, c.job_key
@@ -509,7 +511,8 @@ class Storage:
                     cur = parents.get(cur)
                 out.append({"sweep": name, "scale": scale, "profile": profile, "position": c.position,
                             "labels": c.labels, "config": c.config, "key": c.job_key, "chain": chain,
-                            "state": states.get(c.job_key)})
+                            "state": states.get(c.job_key),
+                            "versions": {stage: plugins[k] for stage, k in chain.items()}})
             return out
 
     def sweep_names(self) -> list[str]:

@@ -128,3 +128,23 @@ def test_a_block_re_run_after_a_version_bump_replaces_its_stale_cells(tmp_path, 
     assert sorted(r["defense"] for r in after) == ["ft", "none"]
     old, new = ({r["defense"]: r["key"] for r in rows} for rows in (before, after))
     assert new["none"] == old["none"] and new["ft"] != old["ft"]
+
+
+def test_a_report_leaves_out_cells_that_ran_older_code(tmp_path, workspace, monkeypatch):
+    """A cell whose defend job ran an older plugin version is marked stale in the export and left out of a
+    report with a note, so a table never mixes a fixed method's numbers with its pre-fix ones."""
+    from defenses.ft import FineTuning
+
+    path = write(tmp_path, tiny_sweep())
+    assert CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress"]).exit_code == 0
+    monkeypatch.setattr(FineTuning, "version", FineTuning.version + 1)
+    rows = json.loads(CliRunner().invoke(main, ["export", "--format", "json"]).stdout)
+    assert {r["defense"]: r["stale"] for r in rows} == {"none": "", "ft": f"ft v{FineTuning.version - 1} < "
+                                                                            f"v{FineTuning.version}"}
+    out = CliRunner().invoke(main, ["report", "tiny", "--format", "csv", "--out", str(tmp_path / "out")])
+    assert out.exit_code == 0, out.output
+    assert "left out 1 cells" in out.output and "ft v1 < v2" in out.output
+    import pandas as pd
+
+    table = pd.concat([pd.read_csv(p) for p in (tmp_path / "out").glob("*.csv")])
+    assert set(table["group"]) == {"Before"}                    # the no-defense column; FT's stale cell is out
