@@ -139,19 +139,19 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
     curves = coerce(doc.get("curves", False), bool, "curves")
     raw = expand(doc)
     keep = _only_matcher(only)
-    if keep:
-        raw = [(p, c) for p, c in raw if _matches(c, keep)]
-        if not raw:
-            raise ConfigError("--only", f"no cell of the sweep matches {keep}")
     cells, seen = [], set()
     resolver = _Resolver(prof_overlay, set_overlay, bool(profile))
     for _path, entry in raw:
         for seed in seeds:
             cell = resolve_cell(entry, seed, prof_overlay, set_overlay, curves, profile, resolver)
+            if keep and not _only_keeps(entry, cell.as_dict(), keep):
+                continue
             key = repr(cell.as_dict())
             if key not in seen:
                 seen.add(key)
                 cells.append(cell)
+    if keep and not cells:
+        raise ConfigError("--only", f"no cell of the sweep matches {keep}")
     scale = prof_overlay.get("scale", profile) if profile else "full"
     # A run with --set or --only adds its cells to the sweep's stored list instead of replacing it: after
     # `--set seeds=[4,5]` the seed 0-3 cells stay listed (ls, export, report), and cells whose options were
@@ -376,6 +376,12 @@ def _check_matcher(ex: Any, where: str) -> None:
     for key in ex:
         if key.split(".")[0] not in GRID_KEYS:
             raise ConfigError(f"{where}.{key}", f"unknown key; {closest(key.split('.')[0], GRID_KEYS)}")
+
+
+def _only_keeps(entry: Mapping[str, Any], resolved: Mapping[str, Any], keep: Mapping[str, Any]) -> bool:
+    """--only: every key matches the cell as the file wrote it or as it resolved (a default the file left out:
+    ``defense.mode=dst`` keeps a bare ``dst``; ``model=resnet18`` keeps the cell a profile maps to a CNN)."""
+    return all(_matches(entry, {k: v}) or _matches(resolved, {k: v}) for k, v in keep.items())
 
 
 def _matches(cell: Mapping[str, Any], ex: Mapping[str, Any]) -> bool:

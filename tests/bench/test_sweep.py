@@ -180,6 +180,18 @@ def test_only_keeps_the_matching_cells_and_marks_the_sweep_partial():
         build_sweep(doc, "t.yaml", only=["dataset"])
 
 
+def test_only_matches_a_default_the_file_left_out_and_a_value_as_written():
+    """``--only defense.mode=dst`` keeps dbr_table1's bare ``dst`` (mode's default) and not its baselines;
+    ``--only model=resnet18`` still keeps a cell the mini profile maps to a CNN."""
+    from benchtest import tiny_sweep
+
+    doc = tiny_sweep(defenses=["dst", {"name": "dst", "mode": "baseline1"}], model={"name": "resnet18"})
+    modes = build_sweep(doc, "t.yaml", only=["defense.mode=dst"]).cells
+    assert [c.defense["mode"] for c in modes] == ["dst"]
+    mini = build_sweep(doc, "t.yaml", profile="mini", only=["model.name=resnet18", "defense.mode=baseline1"]).cells
+    assert [(c.model["name"], c.defense["mode"]) for c in mini] == [("small_cnn", "baseline1")]
+
+
 SWEEP_FILES = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
 
 
