@@ -302,7 +302,7 @@ def job_lines(graph) -> list[str]:
                 now = count("defense", cell.defense, cell.recipe, n, cell.clean_ratio, **part)
                 then = count("defense", paper["defense"], paper["recipe"], full or n, cell.clean_ratio, **part)
             if now.steps or then.steps:
-                lines.append(f"    {job.stage:<7} {job_key[:10]}  {label:<26} {now.steps:>9,} / {then.steps:>9,} steps"
+                lines.append(f"    {job.stage:<8} {job_key[:10]}  {label:<26} {now.steps:>9,} / {then.steps:>9,} steps"
                              f"  {_short(now.samples):>7} / {_short(then.samples):>7} samples")
     return lines
 
