@@ -75,8 +75,8 @@ def _semantic(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def stale_stages(versions: dict[str, tuple[str, int]]) -> list[str]:
-    """Which of a stored cell's jobs ran an older version of their plugin than this code registers, as
-    "ibau v1 < v2" (``versions``: stage -> (plugin, version), ``Storage.cells``).  Such a result is not what
+    """Which of a stored cell's jobs ran another version of their plugin than this code registers, as
+    "ibau v1 (now v2)" (``versions``: stage -> (plugin, version), ``Storage.cells``).  Such a result is not what
     running its config today gives: a report leaves it out."""
     fixed = {"train": TRAIN_VERSION, "checkpoint": CHECKPOINT_VERSION, "evaluate": EVAL_VERSION}
     out = []
@@ -87,7 +87,7 @@ def stale_stages(versions: dict[str, tuple[str, int]]) -> list[str]:
             registry = DEFENSES if stage in ("prepare", "defend") else ATTACKS
             now = registry.get(plugin).obj.version if plugin in registry else version
         if version != now:
-            out.append(f"{plugin} v{version} < v{now}")
+            out.append(f"{plugin} v{version} (now v{now})")
     return out
 
 

@@ -36,7 +36,7 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         for stage in STAGES:
             key = c["chain"].get(stage)
             row[f"{stage}_s"] = durations.get(key) if key else None
-        row["stale"] = "; ".join(stale_stages(c["versions"]))   # ran older code than this checkout's
+        row["stale"] = "; ".join(stale_stages(c["versions"]))   # ran another plugin version than this checkout registers
         row["key"] = c["key"]
         row["config"] = json.dumps(c["config"], sort_keys=True)
         rows.append(row)

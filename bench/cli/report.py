@@ -43,8 +43,8 @@ def _sweep_frame(storage, sweep: str):
     if sweep not in names:
         raise click.BadParameter(f"no sweep {sweep!r}; {closest(sweep, names)}", param_hint="'--sweep'")
     frame = cells_frame(storage, sweep)
-    stale = frame["stale"].astype(bool) if not frame.empty else frame.get("stale", [])
-    if len(frame) and stale.any():
+    stale = frame["stale"].astype(bool) if not frame.empty else None
+    if stale is not None and stale.any():
         why = sorted(set("; ".join(frame.loc[stale, "stale"]).split("; ")))
         click.echo(f"{sweep}: left out {int(stale.sum())} cells whose results came from older code "
                    f"({', '.join(why)}); re-run them to include them", err=True)

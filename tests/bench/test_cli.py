@@ -139,11 +139,11 @@ def test_a_report_leaves_out_cells_that_ran_older_code(tmp_path, workspace, monk
     assert CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress"]).exit_code == 0
     monkeypatch.setattr(FineTuning, "version", FineTuning.version + 1)
     rows = json.loads(CliRunner().invoke(main, ["export", "--format", "json"]).stdout)
-    assert {r["defense"]: r["stale"] for r in rows} == {"none": "", "ft": f"ft v{FineTuning.version - 1} < "
-                                                                            f"v{FineTuning.version}"}
+    assert {r["defense"]: r["stale"] for r in rows} == {"none": "", "ft": f"ft v{FineTuning.version - 1} "
+                                                                            f"(now v{FineTuning.version})"}
     out = CliRunner().invoke(main, ["report", "tiny", "--format", "csv", "--out", str(tmp_path / "out")])
     assert out.exit_code == 0, out.output
-    assert "left out 1 cells" in out.output and "ft v1 < v2" in out.output
+    assert "left out 1 cells" in out.output and "ft v1 (now v2)" in out.output
     import pandas as pd
 
     table = pd.concat([pd.read_csv(p) for p in (tmp_path / "out").glob("*.csv")])
