@@ -46,7 +46,7 @@ def _sweep_frame(storage, sweep: str):
     stale = frame["stale"].astype(bool) if not frame.empty else None
     if stale is not None and stale.any():
         why = sorted(set("; ".join(frame.loc[stale, "stale"]).split("; ")))
-        click.echo(f"{sweep}: left out {int(stale.sum())} cells whose results came from older code "
+        click.echo(f"{sweep}: left out {int(stale.sum())} cells run with another plugin version "
                    f"({', '.join(why)}); re-run them to include them", err=True)
         frame = frame[~stale]
     return frame
