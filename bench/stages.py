@@ -176,7 +176,6 @@ class StageRunner:
     def run_defend(self, task: Task) -> Outcome:
         chain, seed = task.chain, task.chain["seed"]
         defense, ctx, (bundle, poisoned, train, attack) = self.defense_inputs(task, chain["defense"])
-        entry = DEFENSES.get(chain["defense"]["name"])
         if "prepare" in task.lineage:
             ctx.prepared = self.load(task, "prepare", "prepared")
         seed_everything(seed)
@@ -185,7 +184,7 @@ class StageRunner:
         if result.model is None and defense.paradigm == "cleansing":
             result.model = self.retrain_kept(ctx, train, result)
         if result.model is None:
-            raise RuntimeError(f"defense '{entry.name}' returned no model")
+            raise RuntimeError(f"defense '{chain['defense']['name']}' returned no model")
         out.artifacts.append(self.put_model(task.key, result.model, chain["model"]))
         if result.scores is not None or result.flags is not None or result.trusted is not None:
             out.artifacts.append(self.store.put(task.key, "scores", {

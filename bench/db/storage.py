@@ -499,10 +499,10 @@ class Storage:
             if sweep:
                 q = q.where(SweepRow.name == sweep)
             rows = s.execute(q.order_by(SweepRow.id, CellRow.position)).all()
-            parents = dict(s.execute(select(JobRow.key, JobRow.parent_key)).all())
-            stages = dict(s.execute(select(JobRow.key, JobRow.stage)).all())
-            states = dict(s.execute(select(JobRow.key, JobRow.state)).all())
-            plugins = {k: (p, v) for k, p, v in s.execute(select(JobRow.key, JobRow.plugin, JobRow.plugin_version))}
+            parents, stages, states, plugins = {}, {}, {}, {}
+            for key, parent, stage, state, plugin, version in s.execute(select(
+                    JobRow.key, JobRow.parent_key, JobRow.stage, JobRow.state, JobRow.plugin, JobRow.plugin_version)):
+                parents[key], stages[key], states[key], plugins[key] = parent, stage, state, (plugin, version)
             out = []
             for name, scale, profile, c in rows:
                 chain, cur = {}, c.job_key
