@@ -109,9 +109,9 @@ def cell_jobs(cell: Cell) -> list[Job]:
         jobs += [clean_poison, surrogate]
     above = surrogate
     if attack_cls.generator_fields:
+        generator = shared_config(cell.attack, attack_cls.generator_fields)
         above = make_job("generate", cell.attack["name"], attack_cls.version,
-                         {"dataset": dataset, "seed": cell.seed, "generator": generator_config(cell.attack,
-                                                                                           attack_cls)}, surrogate)
+                         {"dataset": dataset, "seed": cell.seed, "generator": generator}, surrogate)
         jobs.append(above)
     poison = make_job("poison", cell.attack["name"], attack_cls.version,
                       {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, above, POISON_VERSION)
@@ -136,20 +136,16 @@ def _defend_jobs(cell: Cell, defense_cls, defend_cfg: dict[str, Any], parent: Jo
         shared = {k: defend_cfg[k] for k in ("seed", "model", "clean_ratio", "clean_stratified", "clean_val")
                   if k in defend_cfg}
         parent = make_job("prepare", cell.defense["name"], defense_cls.version,
-                          {"prepare": prepare_config(cell.defense, defense_cls), **shared}, parent)
+                          {"prepare": shared_config(cell.defense, defense_cls.prepare_fields), **shared}, parent)
         jobs.append(parent)
     defend = make_job("defend", cell.defense["name"], defense_cls.version, defend_cfg, parent)
     return jobs + [defend, make_job("evaluate", "evaluate", EVAL_VERSION, {}, defend)]
 
 
-def prepare_config(defense: dict[str, Any], defense_cls) -> dict[str, Any]:
-    """What a prepare stage hashes of a resolved defense config: its name and ``prepare_fields``."""
-    return {"name": defense["name"], **{f: defense[f] for f in defense_cls.prepare_fields}}
-
-
-def generator_config(attack: dict[str, Any], attack_cls) -> dict[str, Any]:
-    """What a generate stage hashes of a resolved attack config: its name and ``generator_fields``."""
-    return {"name": attack["name"], **{f: attack[f] for f in attack_cls.generator_fields}}
+def shared_config(spec: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """What a shared stage hashes of a resolved plugin config: its name and the stage's own fields (an attack's
+    ``generator_fields`` for its generate stage, a defense's ``prepare_fields`` for its prepare stage)."""
+    return {"name": spec["name"], **{f: spec[f] for f in fields}}
 
 
 def _defend_config(cell: Cell, defense_cls) -> dict[str, Any]:
