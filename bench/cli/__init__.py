@@ -139,8 +139,10 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
                       progress=progress, grace_s=grace_s)
     click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {len(graph.jobs)} jobs (scale: {sw.scale})")
     if sw.overrides:
-        click.echo(f"overrides: {' '.join('--set ' + s for s in sw.overrides)}; these cells are added to sweep "
-                   f"'{sw.name}' beside its earlier ones (variants show their options)")
+        said = f"overrides: {' '.join('--set ' + s for s in sw.overrides)}"
+        if sw.name in storage.sweep_names():
+            said += f"; these cells are added to sweep '{sw.name}' beside its earlier ones (variants show their options)"
+        click.echo(said)
     summary = run_sweep(sw, storage, artifacts_root(workspace), opts)
     table = summary_table(cells_frame(storage, sw.name))
     if not table.empty:

@@ -69,7 +69,9 @@ def test_evaluation_refuses_a_model_with_a_nan_weight():
 def test_set_adds_cells_to_the_sweep_and_says_so(tmp_path, workspace):
     """After `--set seeds=[1]` the seed-0 cells are still listed, exported and reported."""
     path = write(tmp_path, tiny_sweep(defenses=["none"]))
-    assert run("sweep", path, "--workers", "0", "--no-progress").exit_code == 0
+    first = run("sweep", path, "--workers", "0", "--no-progress", "--set", "seeds=[0]")
+    assert first.exit_code == 0, first.output
+    assert "overrides: --set seeds=[0]\n" in first.output          # a new sweep: there are no earlier cells
     more = run("sweep", path, "--workers", "0", "--no-progress", "--set", "seeds=[1]")
     assert more.exit_code == 0, more.output
     assert "overrides: --set seeds=[1]; these cells are added to sweep 'tiny'" in more.output
