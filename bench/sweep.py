@@ -160,7 +160,10 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
     return Sweep(doc["name"], file, cells, profile, scale, doc, partial=bool(keep) or bool(sets), overrides=sets)
 
 
-def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
+def load_profile(name: str, profiles_dir: Path | None = None, _within: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A profile's overlays.  ``extends: BASE`` starts from profile BASE and overrides it key by key (mappings
+    merged, anything else replaced): a probe such as ``mini_x3`` (mini with three times the recipe cap) states
+    only what it changes."""
     base = profiles_dir or PROFILES_DIR
     path = base / f"{name}.yaml"
     if not path.exists():
@@ -169,11 +172,26 @@ def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
     data = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, Mapping):
         raise ConfigError("", "a profile must be a mapping of overlays (dataset, model, recipe, ...)", str(path))
+    data = dict(data)
+    if "extends" in data:
+        parent = data.pop("extends")
+        if not isinstance(parent, str) or parent in (*_within, name):
+            raise ConfigError("extends", f"expected the name of another profile (not {[*_within, name]}), "
+                                         f"got {parent!r}", str(path))
+        data = _overridden(load_profile(parent, profiles_dir, (*_within, name)), data)
     try:
         _check_overlay(data, "profile")
     except ConfigError as err:
         raise err.with_file(str(path)) from None
     return data
+
+
+def _overridden(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, Mapping) and isinstance(base.get(key), Mapping)
+        out[key] = _overridden(base[key], value) if both else value
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

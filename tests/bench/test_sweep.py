@@ -154,6 +154,34 @@ def test_unknown_profile_and_bad_set(tmp_path):
         build_sweep(doc(defense="ft"), "f", sets=["defense.ft.epocs=1"])
 
 
+def test_a_profile_extends_another_and_overrides_only_what_it_states(tmp_path):
+    from bench.sweep import load_profile
+
+    (tmp_path / "base.yaml").write_text("name: base\nscale: mini\ndataset: {train_limit: 200, test_limit: 50}\n"
+                                        "budget: {recipe: {epochs: 2}, defense: {ft: {epochs: 1}}}\n")
+    (tmp_path / "probe.yaml").write_text("extends: base\nname: probe\nbudget: {recipe: {epochs: 6}}\n")
+    probe = load_profile("probe", tmp_path)
+    assert probe["name"] == "probe" and probe["scale"] == "mini"
+    assert probe["dataset"] == {"train_limit": 200, "test_limit": 50}
+    assert probe["budget"] == {"recipe": {"epochs": 6}, "defense": {"ft": {"epochs": 1}}}
+    (tmp_path / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(ConfigError, match="extends: expected the name of another profile"):
+        load_profile("loop", tmp_path)
+    (tmp_path / "orphan.yaml").write_text("extends: nothere\n")
+    with pytest.raises(ConfigError, match="unknown profile 'nothere'"):
+        load_profile("orphan", tmp_path)
+
+
+def test_the_repository_probe_profile_is_mini_with_three_times_the_recipe_cap():
+    from bench.sweep import load_profile
+
+    mini, probe = load_profile("mini"), load_profile("mini_x3")
+    assert probe["budget"]["recipe"] == {"epochs": 3 * mini["budget"]["recipe"]["epochs"]}
+    assert {k: v for k, v in probe.items() if k not in ("name", "description", "budget")} == \
+        {k: v for k, v in mini.items() if k not in ("name", "description", "budget")}
+    assert probe["budget"]["defense"] == mini["budget"]["defense"]
+
+
 def test_load_sweep_file_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
