@@ -7,6 +7,7 @@ and states a check as data::
       source: "Sec. 4.2, Table 1"
       quote: "On the Cifar-10 dataset, MCL achieves the best results on ASR ..."
       scale: any              # any | paper (only meaningful at the paper's scale)
+      gated: true             # false: the metric never reads the backdoored model (see below)
       where: {dataset: cifar10, clean_ratio: 0.05}     # the cells it ranges over
       for_each: [attack]      # checked per value; require: all (default) | most | any of the parts
       check: {kind: rank, metric: asr, subject: {defense: mcl},
@@ -31,7 +32,10 @@ there); ``all`` / ``most`` / ``any`` count the remaining parts.
 
 Verdicts: ``holds``, ``fails``, ``not testable`` — a cell is missing, its attack did not take (the validity
 gate, :mod:`bench.reports.gate`), a column is not in the record, or a paper-scale claim meets a smaller record
-(the numbers are still shown). A typo in a claims file raises :class:`ClaimError`: one line with the file,
+(the numbers are still shown). ``gated: false`` exempts a claim from the gate when its metric does not
+depend on the backdoored model at all — seed 002's filters decide from a SimCLR encoder trained on the poisoned
+set, never from the classifier, so the share of poison they keep means the same whether or not the classifier
+learnt the backdoor. A typo in a claims file raises :class:`ClaimError`: one line with the file,
 the key path and the closest valid name.
 """
 from __future__ import annotations
@@ -56,7 +60,7 @@ OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 SCALES = ("any", "paper")
 REQUIRE = ("all", "most", "any")
 FILE_KEYS = ("paper", "seed", "sweep", "notes", "claims")
-CLAIM_KEYS = ("id", "source", "quote", "scale", "sweep", "where", "for_each", "require", "check", "note")
+CLAIM_KEYS = ("id", "source", "quote", "scale", "gated", "sweep", "where", "for_each", "require", "check", "note")
 CHECK_KEYS = {"threshold": ("kind", "metric", "subject", "op", "value", "k", "alpha"),
               "compare": ("kind", "metric", "subject", "other", "op", "by", "k", "alpha"),
               "difference": ("kind", "metric", "subject", "other", "op", "value", "k", "alpha"),
@@ -85,6 +89,7 @@ class Claim:
     for_each: tuple[str, ...] = ()
     require: str = "all"
     note: str = ""
+    gated: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ def claims_from_dict(doc: Any, where: str = "<claims>") -> ClaimsFile:
         seen.add(item["id"])
         _choice(item.get("scale", "any"), SCALES, where, f"{path}.scale")
         _choice(item.get("require", "all"), REQUIRE, where, f"{path}.require")
+        if not isinstance(item.get("gated", True), bool):
+            raise ClaimError(f"{where}: {path}.gated: {item['gated']!r}; expected true or false")
         _selector(item.get("where", {}), where, f"{path}.where")
         for col in item.get("for_each", []):
             _column_name(col, where, f"{path}.for_each")
@@ -154,7 +161,8 @@ def claims_from_dict(doc: Any, where: str = "<claims>") -> ClaimsFile:
         claims.append(Claim(id=str(item["id"]), source=str(item["source"]), quote=str(item["quote"]).strip(),
                             check=dict(item["check"]), scale=item.get("scale", "any"), sweep=item.get("sweep"),
                             where=dict(item.get("where", {})), for_each=tuple(item.get("for_each", [])),
-                            require=item.get("require", "all"), note=str(item.get("note", "")).strip()))
+                            require=item.get("require", "all"), note=str(item.get("note", "")).strip(),
+                            gated=item.get("gated", True)))
     return ClaimsFile(paper=str(doc.get("paper", "")), claims=tuple(claims), sweep=doc.get("sweep"), path=where)
 
 
@@ -273,7 +281,7 @@ def _verdict(claim: Claim, frame: pd.DataFrame, scale: str) -> Verdict:
     results = []
     for key, part in parts:
         name = "/".join(map(str, key if isinstance(key, tuple) else (key,)))
-        verdict, numbers = _part(claim.check, part)
+        verdict, numbers = _part(claim.check, part if claim.gated else part.drop(columns="gate", errors="ignore"))
         results.append((name, verdict, numbers))
     ran = [r for r in results if r[2] != ABSENT]       # a part where the subject was never run is no part
     if not ran:

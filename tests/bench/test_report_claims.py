@@ -116,6 +116,20 @@ def test_a_gated_cell_is_not_testable():
     assert verdict(check, values, for_each=["attack"], require="any").verdict == "holds"
 
 
+def test_an_ungated_claim_reads_a_metric_that_never_saw_the_backdoored_model():
+    """gated: false (seed 002's filters decide from an encoder, not from the classifier): the filter's kept share
+    is judged even where the classifier's backdoor did not take; a gated claim on the same cells is not."""
+    values = {("badnets", "none"): [(0.09, 0.6)], ("badnets", "ssl_cleanse"): [(0.08, 0.4)]}
+    cells = frame(values).assign(poison_kept=[None, 0.04])
+    check = {"kind": "threshold", "metric": "poison_kept", "subject": {"defense": "ssl_cleanse"}, "op": "<=", "value": 0.05}
+    gated = cl.evaluate(claim(check), cells)[0]
+    assert gated.verdict == "not testable" and "attack did not take" in gated.reason
+    assert cl.evaluate(claim(check, gated=False), cells)[0].verdict == "holds"
+    assert cl.evaluate(claim({**check, "value": 0.03}, gated=False), cells)[0].verdict == "fails"
+    with pytest.raises(cl.ClaimError, match=r"claims\[0\]\.gated: 'no'; expected true or false"):
+        claim(check, gated="no")
+
+
 def test_missing_cells_and_paper_scale_are_not_testable():
     check = {"kind": "threshold", "metric": "asr", "subject": {"defense": "ibau"}, "op": "<", "value": 0.05}
     assert "missing cells" in verdict(check).reason
