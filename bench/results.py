@@ -42,8 +42,12 @@ def cells_frame(storage: Storage, sweep: str | None = None) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        for kind in ("attack", "defense"):
-            frame[f"{kind}_variant"] = variant_labels([json.loads(c)[kind] for c in frame["config"]])
+        for kind in ("recipe", "attack", "defense"):
+            specs = [json.loads(c).get(kind) for c in frame["config"]]
+            if all(isinstance(s, dict) and "name" in s for s in specs):
+                frame[f"{kind}_variant"] = variant_labels(specs)
+            else:                                          # a checkpoint cell's nominal recipe, say
+                frame[f"{kind}_variant"] = frame[kind]
     return frame
 
 
@@ -76,7 +80,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 
     frame = with_before(frame)
     metrics = [m for m in ("ba", "asr", "ra") if m in frame]
-    keys = ["dataset", "model", "attack_variant", "defense_variant", "clean_ratio"]
+    # a row averages seeds, never configurations: a recipe or profile that differs between cells splits the row
+    varying = [c for c in ("profile", "recipe_variant") if c in frame and frame[c].nunique(dropna=False) > 1]
+    keys = ["dataset", "model", *varying, "attack_variant", "defense_variant", "clean_ratio"]
     grouped = frame.groupby(keys, sort=False, dropna=False)
     out = grouped[metrics].agg(["mean", "std", "count"]) if metrics else grouped.size().to_frame("n")
     table = pd.DataFrame(index=out.index)
@@ -87,7 +93,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     not_taken = frame.assign(_gated=gated(frame)).groupby(keys, sort=False, dropna=False)["_gated"].any()
     if not_taken.any():
         table["gate"] = not_taken.map({True: "attack did not take", False: ""})
-    return table.reset_index().rename(columns={"attack_variant": "attack", "defense_variant": "defense"})
+    return table.reset_index().rename(columns={"recipe_variant": "recipe", "attack_variant": "attack",
+                                               "defense_variant": "defense"})
 
 
 def _pm(mu: float, sd: float, n: int) -> str:

@@ -132,6 +132,8 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
     _check_device(device)
     # the data checks read which jobs are done; a new workspace gets its database only once they passed
     storage = storage_for(workspace, db_url) if db_url or (workspace / "bench.db").exists() else None
+    if storage:
+        _same_profile(sw, storage)
     _preflight(sw, graph, storage.job_states(graph.jobs) if storage else {}, data_root)
     storage = storage or storage_for(workspace, db_url)
     install_sigterm()
@@ -170,6 +172,17 @@ def _check_device(device: str) -> None:
                                      param_hint="'--device'")
 
 
+def _same_profile(sw, storage) -> None:
+    """A run of some cells (--only, --set) adds them to the stored sweep only at the profile it is stored at;
+    at another profile it would replace the sweep's cell list, so it is refused before anything is written."""
+    stored = next((s for s in storage.sweeps() if s["name"] == sw.name), None)
+    if sw.partial and stored and (stored["profile"], stored["scale"]) != (sw.profile, sw.scale):
+        raise click.BadParameter(
+            f"{sw.profile or 'none'}: sweep '{sw.name}' is stored at profile {stored['profile'] or 'none'} and a run "
+            f"of some of its cells at another profile would replace its cell list; use another --workspace (or run "
+            f"the whole file to redefine the sweep)", param_hint="'--profile'")
+
+
 def _preflight(sw, graph, states, data_root) -> None:
     """The data-dependent checks (dataset present, targets in range), before anything is written."""
     from bench.cli.preflight import check_data
@@ -197,6 +210,7 @@ def _sweep_on_slurm(sw, graph, workspace: Path, db_url, data_root, device, progr
     from bench.runner import RunOptions, Scheduler, register
 
     storage = storage_for(workspace, db_url)
+    _same_profile(sw, storage)
     register(sw, storage)
     states = storage.job_states(graph.jobs)
     Scheduler(graph, storage, artifacts_root(workspace), RunOptions()).verify_done(states)  # re-queue bad artifacts

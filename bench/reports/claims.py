@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bench.reports.frames import _column, add_derived, apply_filters
+from bench.reports.frames import _column, add_derived, apply_filters, config_differences
 from bench.reports.gate import gated
 from bench.reports.specs import METRIC_DEFAULTS, REPORTS, SpecError, read_yaml
 
@@ -383,6 +383,9 @@ def _untestable(cells: pd.DataFrame, metric: str, who: str) -> str:
         return f"no {metric} ({who})"
     if gated(cells).any():
         return f"attack did not take ({who})"
+    differ = config_differences(cells)
+    if differ:     # a mean over them would pass for a mean over seeds
+        return f"{len(cells)} cells differ in {', '.join(differ[:3])}, not only in the seed ({who})"
     return ""
 
 

@@ -95,3 +95,13 @@ def _display(column: str, value: Any) -> str:
             pass
     return str(value)
 
+
+def config_differences(cells: pd.DataFrame) -> list[str]:
+    """The config paths (``attack.poison_rate``, ``profile``) in which ``cells`` differ, the seed aside: empty
+    when they are seeds of one configuration, or when the frame has no configs (a hand-made frame)."""
+    if "config" not in cells or len(cells) < 2:
+        return []
+    configs = [json.loads(c) if isinstance(c, str) else dict(c) for c in cells["config"]]
+    flat = [pd.json_normalize({k: v for k, v in c.items() if k != "seed"}, sep=".").iloc[0].astype(str).to_dict()
+            for c in configs]
+    return sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})

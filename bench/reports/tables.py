@@ -9,10 +9,25 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from bench.reports.frames import _apply_variants, _column, _display, add_derived, apply_filters
+from bench.reports.frames import (
+    _apply_variants,
+    _column,
+    _display,
+    add_derived,
+    apply_filters,
+    config_differences,
+)
 from bench.reports.gate import NOT_TAKEN
 from bench.reports.gate import gated as gated_rows
-from bench.reports.specs import GATED_MARK, MISSING, GroupSpec, MetricSpec, TableSpec, load_reference
+from bench.reports.specs import (
+    GATED_MARK,
+    MISSING,
+    GroupSpec,
+    MetricSpec,
+    SpecError,
+    TableSpec,
+    load_reference,
+)
 
 
 @dataclass(frozen=True)
@@ -43,9 +58,14 @@ class Table:
 def default_spec(frame: pd.DataFrame, name: str) -> TableSpec:
     """A layout for a sweep without a spec: rows = dataset x attack (+ every other label that varies, seeds
     aside), one group per defense ('none' = Before, unranked), ASR and BA."""
-    varying = [c for c in ("model", "recipe", "clean_ratio")
+    def finest(col: str) -> str:      # ft[lr=0.1] beside ft where a `--set` variant ran, else the plain name
+        var = f"{col}_variant"
+        return var if var in frame and frame[var].nunique(dropna=False) > frame[col].nunique(dropna=False) else col
+
+    varying = [c for c in ("model", finest("recipe"), "profile", "clean_ratio")
                if c in frame and frame[c].nunique(dropna=False) > 1]
-    return TableSpec(name=name, title=f"Sweep {name}", rows=("dataset", "attack", *varying))
+    return TableSpec(name=name, title=f"Sweep {name}", rows=("dataset", finest("attack"), *varying),
+                     group_by=finest("defense"))
 
 
 def default_groups(frame: pd.DataFrame, by: str = "defense") -> tuple[GroupSpec, ...]:
@@ -70,6 +90,8 @@ def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, A
         for col, want in g.where.items():
             sub = sub[_column(sub, col) == want]
         by_row = {r: part for r, part in sub.groupby("_row", sort=False)} if len(sub) else {}
+        for r, part in by_row.items():
+            _one_configuration(part, r, g.label)
         for ri, r in enumerate(rows):
             if r in by_row and gated_rows(by_row[r]).any():
                 gated.add((ri, gi))
@@ -83,6 +105,16 @@ def build_table(frame: pd.DataFrame, spec: TableSpec, provenance: Mapping[str, A
                   common_n=max(set(ns), key=ns.count) if ns else 1, gated=gated)
     table.marks = rank_marks(table)
     return table
+
+
+def _one_configuration(part: pd.DataFrame, row: tuple, group: str) -> None:
+    """A table entry is a mean over seeds; cells that differ in anything but the seed (a `--set` variant, another
+    profile, a second clean ratio) averaged into one entry would pass for seeds, so they are refused."""
+    differ = config_differences(part)
+    if differ:
+        raise SpecError(f"row {'/'.join(map(str, row))}, column {group}: {len(part)} cells differ in "
+                        f"{', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}, not only in the seed; a table "
+                        f"entry averages seeds - keep one configuration with the spec's filters or variants")
 
 
 def _reference_rows(spec: TableSpec, frame: pd.DataFrame) -> list[tuple]:

@@ -112,6 +112,19 @@ def test_running_a_table_block_by_block_builds_the_whole_table(tmp_path, workspa
     assert "2/2" in ls.output
 
 
+def test_a_block_at_another_profile_is_refused_instead_of_replacing_the_cell_list(tmp_path, workspace):
+    """--only at a profile other than the stored sweep's would have replaced the sweep's cells with the block's
+    (the cells' results stay stored, but ls / export / report lose them): exit 2, nothing written."""
+    path = write(tmp_path, tiny_sweep())
+    assert CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress"]).exit_code == 0
+    before = CliRunner().invoke(main, ["export", "--format", "json"]).stdout
+    probe = CliRunner().invoke(main, ["sweep", path, "--workers", "0", "--no-progress", "--profile", "mini",
+                                      "--only", "defense.name=none"])
+    assert probe.exit_code == 2
+    assert "sweep 'tiny' is stored at profile none and a run of some of its cells at another profile" in probe.output
+    assert CliRunner().invoke(main, ["export", "--format", "json"]).stdout == before
+
+
 def test_a_block_re_run_after_a_version_bump_replaces_its_stale_cells(tmp_path, workspace, monkeypatch):
     """A fix bumps a plugin's version: re-running that block with --only moves its cells to the new keys in
     place, instead of listing the old result beside the new one as a second variant of the same config."""

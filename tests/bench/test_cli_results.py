@@ -80,6 +80,9 @@ def test_set_adds_cells_to_the_sweep_and_says_so(tmp_path, workspace):
     lr = run("sweep", path, "--workers", "0", "--no-progress", "--set", "recipe.lr=1e-3")
     assert lr.exit_code == 0, lr.output
     assert len(exported()) == 3                           # the file's two seeds + the overridden recipe's cell
+    # the printed summary averages seeds, never recipes: the lr variant is a row of its own, not a third "seed"
+    rows = [line for line in lr.output.splitlines() if " badnets " in line]
+    assert len(rows) == 2 and "quick[lr=0.001]" in rows[1] and "quick[lr=0.05]" in rows[0], lr.output
 
 
 def test_dry_run_names_a_corrupt_artifact_and_a_cached_run_prints_no_bar(tmp_path, workspace):

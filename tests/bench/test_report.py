@@ -62,6 +62,15 @@ def test_mean_std_over_seeds_with_n_shown_where_it_differs():
     assert "n = 2 per cell" in rp.render_html(table)
 
 
+def test_a_table_entry_refuses_to_average_two_configurations_as_seeds():
+    frame = cells([("x", "a", 0, 0.10, 0.5), ("x", "a", 0, 0.90, 0.5), ("x", "b", 0, 0.4, 0.6)])
+    frame.loc[1, "config"] = json.dumps({"defense": {"name": "a", "tau": 0.1}})      # a --set variant, same seed
+    with pytest.raises(rp.SpecError, match=r"row cifar10/x, column A: 2 cells differ in defense.tau, not only in the "
+                                           r"seed"):
+        rp.build_table(frame, SPEC)
+    assert rp.build_table(frame.drop(index=1), SPEC).stats[(0, 1, "asr")].mean == pytest.approx(0.10)
+
+
 def test_a_missing_cell_is_a_dash_with_a_footnote():
     frame = cells([("x", "a", 0, 0.1, 0.5), ("x", "b", 0, 0.2, 0.6), ("y", "a", 0, 0.1, 0.5)])
     table = rp.build_table(frame, SPEC)

@@ -130,6 +130,21 @@ def test_an_ungated_claim_reads_a_metric_that_never_saw_the_backdoored_model():
         claim(check, gated="no")
 
 
+def test_cells_of_two_configurations_are_not_averaged_as_if_they_were_seeds():
+    """A --set variant (here a second poison rate) beside the file's cell at the same seed: the claim reads
+    neither as a mean of the two, it says which config paths differ."""
+    import json
+
+    cells = frame({("badnets", "none"): [(0.99, 0.9)], ("badnets", "mcl"): [(0.01, 0.9)]})
+    extra = cells.iloc[[1]].assign(asr=0.5, key="variant")
+    cells = pd.concat([cells, extra], ignore_index=True)
+    cells["config"] = [json.dumps({"attack": {"name": "badnets", "poison_rate": r}, "seed": 0})
+                       for r in (0.1, 0.1, 0.02)]
+    check = {"kind": "threshold", "metric": "asr", "subject": {"defense": "mcl"}, "op": "<", "value": 0.05}
+    v = cl.evaluate(claim(check), cells)[0]
+    assert v.verdict == "not testable" and "2 cells differ in attack.poison_rate, not only in the seed" in v.reason
+
+
 def test_missing_cells_and_paper_scale_are_not_testable():
     check = {"kind": "threshold", "metric": "asr", "subject": {"defense": "ibau"}, "op": "<", "value": 0.05}
     assert "missing cells" in verdict(check).reason
