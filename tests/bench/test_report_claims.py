@@ -259,7 +259,9 @@ def test_the_verdicts_in_reproduction_md_are_what_the_engine_says():
     records = {"table1_mini": (cl.record_from_csv(ROOT / "reports/baselines/table1_mini.csv"), "mini"),
                "all_defenses_mini": (cl.record_from_csv(ROOT / "reports/records/all_defenses_mcl_setting_mini.csv"),
                                      None),
-               "dbr_table2_mini": (cl.record_from_csv(ROOT / "reports/records/dbr_table2_mini.csv"), None)}
+               "dbr_table2_mini": (cl.record_from_csv(ROOT / "reports/records/dbr_table2_mini.csv"), None),
+               "ssl_table2_mini": (cl.record_from_csv(ROOT / "reports/records/ssl_table2_mini.csv"), None),
+               "lfd_table2_mini": (cl.record_from_csv(ROOT / "reports/records/lfd_table2_mini.csv"), None)}
     rows = re.findall(r"\| `([\w-]+)` \([^|]*\) \| (?:any|paper) \| (\w+) \| \*\*([a-z ]+)\*\* \|", doc)
     assert len(rows) >= 15
     claims = {c.id: c for name in ("mcl", "dbr", "ssl", "lfd") for c in cl.load_claims(name).claims}
