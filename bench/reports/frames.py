@@ -102,6 +102,9 @@ def config_differences(cells: pd.DataFrame) -> list[str]:
     if "config" not in cells or len(cells) < 2:
         return []
     configs = [json.loads(c) if isinstance(c, str) else dict(c) for c in cells["config"]]
-    flat = [pd.json_normalize({k: v for k, v in c.items() if k != "seed"}, sep=".").iloc[0].astype(str).to_dict()
-            for c in configs]
+
+    def what_counts(c: dict) -> dict:    # a checkpoint cell's nominal recipe trains nothing (as bench.reports.gate)
+        file_model = isinstance(c.get("model"), dict) and "checkpoint" in c["model"]
+        return {k: v for k, v in c.items() if k != "seed" and not (file_model and k == "recipe")}
+    flat = [pd.json_normalize(what_counts(c), sep=".").iloc[0].astype(str).to_dict() for c in configs]
     return sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})

@@ -240,3 +240,8 @@ def test_a_checkpoint_cells_before_numbers_ignore_its_nominal_recipe():
     assert out["gate"].tolist() == ["ok", "ok"] and out["asr_delta"].round(3).tolist() == [0.0, -0.9]
     trained = with_before(pd.DataFrame([row("none", old, 1.0, False), row("ft", new, 0.1, False)]))
     assert trained["gate"].tolist() == ["ok", "no before cell"]
+    # and two runs of the same defense on the file are seeds of one configuration, not two recipes
+    from bench.reports.frames import config_differences
+    assert config_differences(pd.DataFrame([row("ft", old, 0.1), row("ft", new, 0.2)])) == []
+    assert config_differences(pd.DataFrame([row("ft", old, 0.1, False), row("ft", new, 0.2, False)])) == \
+        ["recipe.eta_min"]
