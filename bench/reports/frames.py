@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from bench.reports.gate import from_file
 from bench.reports.specs import SpecError
 
 
@@ -103,8 +104,7 @@ def config_differences(cells: pd.DataFrame) -> list[str]:
         return []
     configs = [json.loads(c) if isinstance(c, str) else dict(c) for c in cells["config"]]
 
-    def what_counts(c: dict) -> dict:    # a checkpoint cell's nominal recipe trains nothing (as bench.reports.gate)
-        file_model = isinstance(c.get("model"), dict) and "checkpoint" in c["model"]
-        return {k: v for k, v in c.items() if k != "seed" and not (file_model and k == "recipe")}
+    def what_counts(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k != "seed" and not (k == "recipe" and from_file(c))}
     flat = [pd.json_normalize(what_counts(c), sep=".").iloc[0].astype(str).to_dict() for c in configs]
     return sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})

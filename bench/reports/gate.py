@@ -29,15 +29,18 @@ OK = "ok"
 _NOT_MODEL = ("defense", "clean_ratio", "clean_stratified", "curves")   # config keys that do not change the model
 
 
+def from_file(config: dict) -> bool:
+    """A checkpoint cell: its model is its file (keyed by sha256), so its nominal recipe trains nothing."""
+    return isinstance(config.get("model"), dict) and "checkpoint" in config["model"]
+
+
 def model_id(frame: pd.DataFrame) -> pd.Series:
     """One string per row naming its backdoored model: the config without the defense-side keys when the
     frame has whole configs (a DB sweep), else the labels without defense and clean ratio (a committed CSV)."""
     if "config" in frame and len(frame) and all('"attack"' in c and '"seed"' in c for c in frame["config"].astype(str)):
         def ident(text: str) -> str:
             cfg = json.loads(text) if text else {}
-            # a checkpoint cell's model is its file (keyed by sha256): its nominal recipe trains nothing
-            skip = _NOT_MODEL + (("recipe",) if isinstance(cfg.get("model"), dict) and "checkpoint" in cfg["model"]
-                                 else ())
+            skip = _NOT_MODEL + (("recipe",) if from_file(cfg) else ())
             return json.dumps({k: v for k, v in cfg.items() if k not in skip}, sort_keys=True)
         return frame["config"].map(ident)
     cols = [c for c in ("dataset", "model", "recipe", "attack", "seed") if c in frame]
