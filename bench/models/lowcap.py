@@ -22,35 +22,36 @@ from bench.registry import register_model
 
 
 def _resnet_s(num_classes: int, in_channels: int, image_size: int, mean, std, stem: str,
-              widths: Sequence[int]) -> ResNet:
-    # §5.3: "the first four layers consist of only one block each"; stem width = layer1 width (not stated)
-    return ResNet(num_classes, (1, 1, 1, 1), widths, in_channels, resolve_stem(stem, image_size), mean, std)
+              widths: Sequence[int], stem_width: int | None) -> ResNet:
+    # §5.3: "the first four layers consist of only one block each"; the stem's width is not stated
+    return ResNet(num_classes, (1, 1, 1, 1), widths, in_channels, resolve_stem(stem, image_size), mean, std,
+                  stem_width)
 
 
 @register_model("resnet_s", display_name="ResNet-S")
 def resnet_s(num_classes: int, in_channels: int = 3, image_size: int = 32, mean=None, std=None,
-             stem: Stem = "auto") -> ResNet:
+             stem: Stem = "auto", stem_width: int | None = None) -> ResNet:
     """ResNet-S, LfD's teacher (seed 003 §5.3): one basic block per stage with 2, 2, 2, 4 channels.
 
     Not stated in the paper, chosen here: the stem has as many channels as layer1 (2), strides and stems
     follow ``resnet18`` (CIFAR stem up to 64 px, ImageNet stem above), shortcuts are 1x1 conv-BN projections.
     """
-    return _resnet_s(num_classes, in_channels, image_size, mean, std, stem, (2, 2, 2, 4))
+    return _resnet_s(num_classes, in_channels, image_size, mean, std, stem, (2, 2, 2, 4), stem_width)
 
 
 @register_model("resnet_s1", display_name="ResNet-S1")
 def resnet_s1(num_classes: int, in_channels: int = 3, image_size: int = 32, mean=None, std=None,
-              stem: Stem = "auto") -> ResNet:
+              stem: Stem = "auto", stem_width: int | None = None) -> ResNet:
     """ResNet-S1 (seed 003 §5.3, Fig. 4a): one basic block per stage, 1 channel each (stem 1, not stated)."""
-    return _resnet_s(num_classes, in_channels, image_size, mean, std, stem, (1, 1, 1, 1))
+    return _resnet_s(num_classes, in_channels, image_size, mean, std, stem, (1, 1, 1, 1), stem_width)
 
 
 @register_model("resnet_s2", display_name="ResNet-S2")
 def resnet_s2(num_classes: int, in_channels: int = 3, image_size: int = 32, mean=None, std=None,
-              stem: Stem = "auto") -> ResNet:
+              stem: Stem = "auto", stem_width: int | None = None) -> ResNet:
     """ResNet-S2 (seed 003 §5.3, Fig. 4a): one basic block per stage with 64, 128, 256, 512 channels
     (ResNet-18's widths at half its depth, i.e. a ResNet-10; stem: 64, not stated)."""
-    return _resnet_s(num_classes, in_channels, image_size, mean, std, stem, (64, 128, 256, 512))
+    return _resnet_s(num_classes, in_channels, image_size, mean, std, stem, (64, 128, 256, 512), stem_width)
 
 
 # ------------------------------------------------------------------------------------------ VGG-S

@@ -85,27 +85,29 @@ class ResNet(Backbone):
     Args:
         num_classes: output classes.
         layers: blocks per stage (four stages, strides 1, 2, 2, 2).
-        widths: channels per stage; the stem has ``widths[0]`` channels.
+        widths: channels per stage.
+        stem_width: the stem's channels (default ``widths[0]``, as ResNet-18/34).
         in_channels: input channels (1 for MNIST-like data).
         stem: ``cifar``, ``cifar_maxpool`` or ``imagenet`` (resolved; see the module docstring).
         mean, std: per-channel normalisation in [0, 1] units.
     """
 
     def __init__(self, num_classes: int, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512),
-                 in_channels: int = 3, stem: str = "cifar", mean=None, std=None):
+                 in_channels: int = 3, stem: str = "cifar", mean=None, std=None, stem_width: int | None = None):
         super().__init__(mean, std, in_channels)
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f"ResNet needs 4 stages; got layers={tuple(layers)}, widths={tuple(widths)}")
         if stem not in _STEM_REDUCTION:
             raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(_STEM_REDUCTION)}")
         self.stem_type = stem
+        cin = widths[0] if stem_width is None else stem_width
         if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, cin, 7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+            self.conv1 = nn.Conv2d(in_channels, cin, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
-        cin, reduction = widths[0], _STEM_REDUCTION[stem]
+        reduction = _STEM_REDUCTION[stem]
         add_stages(self, BasicBlock, layers, widths, cin, reduction)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[-1]

@@ -158,6 +158,15 @@ def test_lowcap_widths_follow_lfd():
     assert mb == [4, 4, 4, 8, 4, 4, 8, 8, 8, 8, 16]
 
 
+def test_resnet_s_stem_width_option():
+    # the stem's width is not stated in LfD; default = layer1's, ``stem_width`` widens only the stem
+    base, wide = _build("resnet_s"), _build("resnet_s", stem_width=64)
+    assert (base.conv1.out_channels, wide.conv1.out_channels) == (2, 64)
+    assert wide.layer1[0].conv1.in_channels == 64 and wide.layer1[0].downsample is not None
+    assert [e["channels"] for e in wide.feature_info] == [2, 2, 2, 4]
+    assert wide(torch.rand(2, 3, 32, 32)).shape == (2, CLASSES)
+
+
 def test_wrn_options_and_groups():
     model = _build("wrn", depth=28, width=2)
     assert [len(model.get_submodule(f"block{i}").layer) for i in (1, 2, 3)] == [4, 4, 4]
