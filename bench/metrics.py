@@ -78,7 +78,20 @@ def detection_metrics(kind: torch.Tensor, flags: torch.Tensor | None, scores: to
                 Metric("n_kept", float(n_kept), n_kept, "train")]
     if scores is not None:
         out.append(Metric("auroc", auroc(scores, poisoned), len(poisoned), "train"))
+        out.append(below_clean_mean(scores, poisoned))
     return out
+
+
+def below_clean_mean(scores: torch.Tensor, poisoned: torch.Tensor) -> Metric:
+    """``poison_below_clean_mean``: the share of poisoned samples scored less suspicious than the clean samples'
+    mean score (n = the poisoned count).  With LfD's score (-loss) it is LfD Fig. 2's count as a rate: poisoned
+    samples whose loss exceeds the average loss of the clean data."""
+    scores, poisoned = scores.double().cpu(), poisoned.bool().cpu()
+    n = int(poisoned.sum())
+    if n == 0 or n == len(poisoned):
+        return Metric("poison_below_clean_mean", float("nan"), n, "train")
+    return Metric("poison_below_clean_mean", float((scores[poisoned] < scores[~poisoned].mean()).sum()) / n, n,
+                  "train")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ def test_flagged_kept_and_trusted_sets_by_hand():
     assert m["trusted_precision"] == 0.75 and m["n_trusted"] == 4
     # AUROC: poisoned scores 0.9 and 0.1 against six clean ones: 0.9 beats all 6, 0.1 beats none -> 6/12.
     assert m["auroc"] == 0.5
+    # clean mean score 0.4667: poisoned 0.1 is below it (LfD Fig. 2's "loss above the clean mean"), 0.9 is not
+    assert m["poison_below_clean_mean"] == 0.5
+    scores[1] = 0.5
+    assert _by_name(detection_metrics(kind, None, scores))["poison_below_clean_mean"] == 0.0
 
 
 def test_trusted_metrics_only_when_given_and_nan_for_an_empty_set():
