@@ -261,6 +261,7 @@ def test_the_verdicts_in_reproduction_md_are_what_the_engine_says():
                                      None),
                "dbr_table2_mini": (cl.record_from_csv(ROOT / "reports/records/dbr_table2_mini.csv"), None),
                "ssl_table2_mini": (cl.record_from_csv(ROOT / "reports/records/ssl_table2_mini.csv"), None),
+               "ssl_table2_mini_x3": (cl.record_from_csv(ROOT / "reports/records/ssl_table2_mini_x3.csv"), None),
                "lfd_table2_mini": (cl.record_from_csv(ROOT / "reports/records/lfd_table2_mini.csv"), None)}
     rows = re.findall(r"\| `([\w-]+)` \([^|]*\) \| (?:any|paper) \| (\w+) \| \*\*([a-z ]+)\*\* \|", doc)
     assert len(rows) >= 15
