@@ -8,7 +8,7 @@ augmentation: the trigger moves to the centre, ``position: center``).  Poison co
 target class): MCL's "8% poisoning rate data" is 8 % of the training set — its code (WeCanShow/MCL
 ``data_loader.py`` l. 293-311) poisons each target-class image with probability 0.8, about 4,000 on CIFAR-10 —
 so the MCL sweeps set ``poison_rate: 0.8``; LfD 8 % (9.5 % on GTSRB, base not stated: read as 8 % of the target
-class, the default); D-BR 10 % of the target class (its sweeps set ``poison_rate: 0.1``).  D-BR (seed 001 §5.1; authors'
+class, the default, because 9.5 % of GTSRB's training set, 3,725, exceeds its target class 1's 2,220 images); D-BR 10 % of the target class (its sweeps set ``poison_rate: 0.1``).  D-BR (seed 001 §5.1; authors'
 ``fourCornerTrigger``): PGD eps 8/255, step 2/255, 4 steps with a random start, on a clean model, then the grid
 mirrored into all four corners (their code offsets three of the copies by one pixel; ours sit at ``margin``).
 LfD (seed 003 Tab. 1): 8 %, 9.5 % on GTSRB.  The surrogate is the harness's clean model of the cell's

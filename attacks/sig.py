@@ -10,7 +10,10 @@ Poisoned samples are drawn from the target class (``poison_base: target_class``)
             set ``poison_rate: 0.8`` (of the target class): the authors' expected count.
     D-BR    10 % of the target class (seed 001 §5.1): ``poison_rate: 0.1``.
     LfD     8 % on CIFAR-10, 9.5 % on GTSRB ("to ensure the success rate", seed 003 §5.1, Tab. 1), base not
-            stated; read as 8 % of the target class, the default here.
+            stated; read as 8 % of the target class, the default here: of the training set, 9.5 % of GTSRB is
+            3,725 images and its target class 1 has 2,220, which a clean-label attack cannot exceed.  The
+            consequence at mini (160 poisoned of 20,000) is a SIG that does not take in 20 epochs (LfD Table 2
+            record: ASR 10.8 % before any defense).
 """
 from __future__ import annotations
 
