@@ -29,10 +29,10 @@ import torch
 
 from bench.attack import CLEAN
 from bench.data.datasets import load_dataset
-from bench.metrics import auroc
+from bench.metrics import auroc, below_clean_mean
 from bench.models import create_model
 from bench.registry import ATTACKS, DATASETS
-from bench.train import cpu_threads, fit, seed_everything, stream_seed
+from bench.train import cpu_threads, fit, predict, seed_everything, stream_seed
 from defenses.lfd import LfDConfig, per_sample_loss, threshold
 
 
@@ -67,12 +67,10 @@ def main() -> None:
     def on_epoch(epoch: int, model: torch.nn.Module) -> None:
         loss = per_sample_loss(model, train, torch.device("cpu"))
         cand = loss <= threshold(loss, args.alpha)
-        with torch.no_grad():
-            pred = torch.cat([model(train.images[i:i + 1024].float().div(255)).argmax(1)
-                              for i in range(0, len(train), 1024)])
-        clean_mean = loss[~is_poison].mean()
-        print(f"{epoch + 1:5d}  {auroc(-loss, is_poison):.3f}  {clean_mean:.3f} / {loss[is_poison].mean():.3f}"
-              f"  {int((loss[is_poison] > clean_mean).sum()):5d}  {is_poison[cand].float().mean():.3f} / "
+        pred = predict(model, train.images)
+        above = below_clean_mean(-loss, is_poison)          # Fig. 2's count, as a rate of the poisoned
+        print(f"{epoch + 1:5d}  {auroc(-loss, is_poison):.3f}  {loss[~is_poison].mean():.3f} / "
+              f"{loss[is_poison].mean():.3f}  {round(above.value * above.count):5d}  {is_poison[cand].float().mean():.3f} / "
               f"{cand[is_poison].float().mean():.3f}  {(pred[is_poison] == target).float().mean():.3f} / "
               f"{(pred[other_clean] == target).float().mean():.3f}  {time.perf_counter() - start:6.0f}",
               flush=True)
