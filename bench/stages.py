@@ -107,6 +107,8 @@ class StageRunner:
         out = getattr(self, f"run_{task.stage}")(task)
         out.duration_s = time.perf_counter() - start
         out.device = str(self.device)
+        if self.device.type == "cpu" and torch.get_num_threads() > 1:     # not the default: say so (bench.runner)
+            out.device = f"cpu ({torch.get_num_threads()} threads)"
         if self.device.type == "cuda":
             out.peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:  # peak resident memory of this worker process so far (Linux reports KiB)

@@ -96,12 +96,15 @@ def _load(file: str, sets, profile, only=()):
 @click.option("--workers", type=int, default=None,
               help="Worker processes: default one per GPU, else one single-threaded worker per CPU core; 0 runs "
                    "jobs in this process (also single-threaded on CPU).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Intra-op threads per CPU worker.  1 keeps a job's result independent of the machine's cores; "
+                   "more speeds up one long job on a large model (the run's device column records the count).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--retry-failed", is_flag=True, help="Run jobs that failed in an earlier run again.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @slurm_options
-def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, workers, device, retry_failed, progress,
-          launcher, partition, gpus_per_task, cpus_per_task, mem, time_min, array_size, jobs_per_task, slurm_opts,
+def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, workers, threads, device, retry_failed,
+          progress, launcher, partition, gpus_per_task, cpus_per_task, mem, time_min, array_size, jobs_per_task, slurm_opts,
           wait, grace_s, max_attempts):
     """Run every cell of a sweep file (cached jobs are skipped).
 
@@ -129,6 +132,8 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
 
     if workers is not None and workers < 0:
         raise click.BadParameter(f"{workers}: expected 0 (in this process) or more", param_hint="'--workers'")
+    if threads < 1:
+        raise click.BadParameter(f"{threads}: expected 1 or more", param_hint="'--threads'")
     _check_device(device)
     # the data checks read which jobs are done; a new workspace gets its database only once they passed
     storage = storage_for(workspace, db_url) if db_url or (workspace / "bench.db").exists() else None
@@ -138,7 +143,7 @@ def sweep(file, sets, only, profile, workspace, db_url, data_root, dry_run, work
     storage = storage or storage_for(workspace, db_url)
     install_sigterm()
     opts = RunOptions(workers=workers, device=device, retry_failed=retry_failed, data_root=data_root,
-                      progress=progress, grace_s=grace_s)
+                      progress=progress, grace_s=grace_s, threads=threads)
     click.echo(f"sweep '{sw.name}': {len(sw.cells)} cells, {len(graph.jobs)} jobs (scale: {sw.scale})")
     if sw.overrides:
         said = f"overrides: {' '.join('--set ' + s for s in sw.overrides)}"

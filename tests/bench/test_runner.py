@@ -184,3 +184,23 @@ def test_a_cells_chain_names_its_own_poison_and_train_jobs_not_the_clean_surroga
     chain = storage.cells("tiny")[0]["chain"]
     assert plugin[chain["poison"]] == "cl" and plugin[chain["train"]] == "train"
     assert plugin[storage.job_detail(chain["train"])["parents"][0]["key"]] == "cl"
+
+
+def test_threads_option_sets_the_workers_threads_and_the_run_says_so(tmp_path):
+    import torch
+    from sqlalchemy import select
+
+    from bench.db.models import RunRow
+    from bench.runner import device_slots
+
+    assert [t for _, _, t in device_slots(RunOptions(workers=2, device="cpu"))] == [1, 1]
+    assert [t for _, _, t in device_slots(RunOptions(workers=1, device="cpu", threads=2))] == [2]
+    before = torch.get_num_threads()
+    storage, summary = run(tiny_sweep(), tmp_path / "ws", threads=2, device="cpu")
+    assert summary.ok and torch.get_num_threads() == before          # restored after each job
+    with storage.session_scope() as s:
+        assert set(s.scalars(select(RunRow.device))) == {"cpu (2 threads)"}
+    storage, _ = run(tiny_sweep(defenses=["none", {"name": "ft", "epochs": 1, "milestones": []}]), tmp_path / "w1",
+                     device="cpu")
+    with storage.session_scope() as s:
+        assert set(s.scalars(select(RunRow.device))) == {"cpu"}
