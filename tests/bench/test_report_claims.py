@@ -177,7 +177,7 @@ def test_the_committed_mini_record_runs_from_its_csv():
 
 
 def test_every_committed_claims_file_loads_with_five_or_more_quoted_claims():
-    for name in ("mcl", "dbr", "ssl", "lfd"):
+    for name in ("mcl", "dbr", "ssl", "lfd", "released"):
         claims = cl.load_claims(name)
         assert len(claims.claims) >= 5 and all(len(c.quote) > 20 for c in claims.claims)
 
@@ -262,10 +262,11 @@ def test_the_verdicts_in_reproduction_md_are_what_the_engine_says():
                "dbr_table2_mini": (cl.record_from_csv(ROOT / "reports/records/dbr_table2_mini.csv"), None),
                "ssl_table2_mini": (cl.record_from_csv(ROOT / "reports/records/ssl_table2_mini.csv"), None),
                "ssl_table2_mini_x3": (cl.record_from_csv(ROOT / "reports/records/ssl_table2_mini_x3.csv"), None),
-               "lfd_table2_mini": (cl.record_from_csv(ROOT / "reports/records/lfd_table2_mini.csv"), None)}
+               "lfd_table2_mini": (cl.record_from_csv(ROOT / "reports/records/lfd_table2_mini.csv"), None),
+               "released_full": (cl.record_from_csv(ROOT / "reports/records/released_full.csv"), None)}
     rows = re.findall(r"\| `([\w-]+)` \([^|]*\) \| (?:any|paper) \| (\w+) \| \*\*([a-z ]+)\*\* \|", doc)
     assert len(rows) >= 15
-    claims = {c.id: c for name in ("mcl", "dbr", "ssl", "lfd") for c in cl.load_claims(name).claims}
+    claims = {c.id: c for name in ("mcl", "dbr", "ssl", "lfd", "released") for c in cl.load_claims(name).claims}
     for cid, record, written in rows:
         frame, scale = records[record]
         assert cl.evaluate([claims[cid]], frame, scale)[0].verdict == written, (cid, record)
