@@ -204,3 +204,16 @@ def test_threads_option_sets_the_workers_threads_and_the_run_says_so(tmp_path):
                      device="cpu")
     with storage.session_scope() as s:
         assert set(s.scalars(select(RunRow.device))) == {"cpu"}
+
+
+def test_threads_below_one_is_refused_with_exit_2_before_anything_is_written(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep()))
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(main, ["sweep", str(path), "--threads", "0", "--workspace", str(ws), "--no-progress"])
+    assert result.exit_code == 2 and "'--threads'" in result.output and "expected 1 or more" in result.output
+    assert not ws.exists()
