@@ -38,6 +38,13 @@ test data: a given t is read off, or, with ``t_grid`` set, t is the grid point w
 held-out slice of the clean subset (ties: the point nearest the curve's middle).  Clean accuracy cannot see the
 backdoor, so the grid should keep away from the end points (the paper's own choice is a fixed t).
 ``val_acc`` (held-out clean accuracy at the chosen t) is stored with the result.
+
+Measured on NAD's released WRN-16-1 (docs/REPRODUCTION.md, 1 % clean, full CIFAR-10): this recipe leaves the
+backdoor whole (71.28 / 100 at t = 0.4), because the second end point stays backdoored -- the end-point recipe
+alone, 10 of its 100 epochs, gives 76.96 / 100 (75.32 / 99.27 with crop + flip) -- so the curve joins two
+backdoored models.  BackdoorBench's port (``defense/mcr/mcr.py``) fine-tunes the end point with augmentation and
+weight decay 5e-4, trains the curve at lr 0.01, reads t = 0.3 and keeps the checkpoint of best test accuracy
+(a selection on test data, not copied here).
 """
 from __future__ import annotations
 
