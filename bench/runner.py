@@ -348,7 +348,7 @@ def register(sweep: Sweep, storage: Storage) -> Graph:
     graph = build_graph(sweep.cells)
     storage.register_sweep(sweep.name, sweep.file, sweep.profile, sweep.scale, sweep.document,
                            graph.jobs.values(),
-                           [(cell.label(), cell.as_dict(), key) for cell, key in graph.cells],
+                           [(cell.label(), cell.as_dict(), key, cell.written) for cell, key in graph.cells],
                            merge=sweep.partial)
     return graph
 

@@ -38,13 +38,14 @@ or an overlay path (``defense.ft.epochs=3``, ``recipe.epochs=2``); VALUE is pars
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bench import budget
-from bench.config import ConfigError, closest, coerce, hints_of, is_sequence_type, load_yaml, to_plain
+from bench.config import ConfigError, closest, coerce, digest, hints_of, is_sequence_type, load_yaml, to_plain
 from bench.registry import DATASETS, MODELS, RECIPES, REGISTRIES, Registry
 
 TOP_KEYS = ("name", "description", "seeds", "grid", "zip", "include", "exclude", "profile", "curves")
@@ -72,6 +73,8 @@ class Cell:
     # recipe and defense as resolved without the profile (what the profile's step budget scaled from); not
     # part of the cell's identity
     paper: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # a digest of what the user wrote for this cell (see ``written_digest``); not part of its identity
+    written: str = field(default="", compare=False, repr=False)
 
     def label(self) -> dict[str, Any]:
         """The short, human-facing identity of the cell (for tables and ``bench ls``)."""
@@ -80,7 +83,7 @@ class Cell:
                 "seed": self.seed}
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "paper"}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("paper", "written")}
 
 
 @dataclass
@@ -144,6 +147,7 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
     for _path, entry in raw:
         for seed in seeds:
             cell = resolve_cell(entry, seed, prof_overlay, set_overlay, curves, profile, resolver)
+            cell = dataclasses.replace(cell, written=written_digest(entry, seed, set_overlay, curves, profile))
             if keep and not _only_keeps(entry, cell.as_dict(), keep):
                 continue
             key = repr(cell.as_dict())
@@ -158,6 +162,24 @@ def build_sweep(doc: Any, file: str, sets: Iterable[str] = (), profile: str | No
     # overridden show as variants (ft[lr=1e+09]) beside the file's own.  Only a plain run of the file redefines it.
     sets = tuple(sets)
     return Sweep(doc["name"], file, cells, profile, scale, doc, partial=bool(keep) or bool(sets), overrides=sets)
+
+
+def written_digest(entry: Mapping[str, Any], seed: int, sets: Mapping[str, Any], curves: bool,
+                   profile: str | None) -> str:
+    """What the user wrote for one cell: its grid entry as the file has it, its seed, the profile's name and the
+    ``--set`` options its components receive.  A harness change (a default, a profile's caps) changes the cell's
+    resolved config but not this, so a block re-run after such a change replaces the listed cell instead of
+    listing the old result beside the new one; a ``--set`` that reaches the cell makes it a variant."""
+    reached = {}
+    for kind in COMPONENTS:
+        over, spec = sets.get(kind) or {}, entry.get(kind)
+        name = spec if isinstance(spec, str) else (spec or {}).get("name")
+        part = over.get(name) if kind == "model" else _overlay_for(REGISTRIES[kind], over, str(name))
+        if part:
+            reached[kind] = part
+    what = {"entry": {k: v for k, v in entry.items() if k != "_paths"}, "seed": seed, "curves": curves,
+            "profile": profile, "set": reached}
+    return digest(what)
 
 
 def load_profile(name: str, profiles_dir: Path | None = None, _within: tuple[str, ...] = ()) -> dict[str, Any]:

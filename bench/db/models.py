@@ -64,6 +64,9 @@ class CellRow(Base):
     job_key: Mapped[str] = mapped_column(ForeignKey("jobs.key"), index=True)
     labels: Mapped[dict] = mapped_column(JSON)
     config: Mapped[dict] = mapped_column(JSON)
+    # the digest of what the user wrote for the cell (bench.sweep.written_digest); NULL in a database written
+    # before the column existed (Storage adds the column without a schema version bump)
+    written: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
 
 
 class SweepJobRow(Base):

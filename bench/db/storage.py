@@ -144,6 +144,9 @@ class Storage:
         Base.metadata.create_all(self.engine)  # tables added without a version bump (sweep_jobs so far)
         if "sweep_jobs" not in tables:        # an older database: fill the new table from the cells
             self._backfill_sweep_jobs()
+        if "written" not in {c["name"] for c in inspect(self.engine).get_columns("cells")}:
+            with self.engine.begin() as conn:  # a column added without a version bump; NULL for the old cells
+                conn.exec_driver_sql("ALTER TABLE cells ADD COLUMN written VARCHAR(64)")
 
     def _backfill_sweep_jobs(self) -> None:
         with self.session_scope() as s:
@@ -174,16 +177,18 @@ class Storage:
 
     # -- sweeps, cells and jobs ----------------------------------------------------------------------------
     def register_sweep(self, name: str, file: str, profile: str | None, scale: str, document: dict,
-                       jobs: Iterable[Any], cells: list[tuple[dict, dict, str]], merge: bool = False) -> int:
+                       jobs: Iterable[Any], cells: list[tuple], merge: bool = False) -> int:
         """Insert the sweep (or update it), its missing jobs and its cell list; returns the sweep id.
 
-        ``jobs`` are graph jobs (parents first); ``cells`` are (labels, config, evaluate key) per cell.
+        ``jobs`` are graph jobs (parents first); ``cells`` are (labels, config, evaluate key[, written]) per
+        cell, ``written`` the digest of what the user wrote for it (bench.sweep.written_digest).
         The cell list replaces the stored one, unless ``merge`` (a run of some cells, ``--only``) and the
         stored sweep has the same profile and scale: then cells and jobs not yet listed are appended, so
-        running a table block by block builds the whole table.  A listed cell whose config comes back with a new
-        key (a plugin's or the harness's version changed) is moved to the new key in its place, so a block re-run
-        after a fix does not leave the stale result beside the new one as a second variant.  Existing jobs, runs
-        and metrics are never touched.
+        running a table block by block builds the whole table.  A listed cell that comes back with a new key
+        is moved to the new key in its place when it is the same cell: the same config (a plugin's or the
+        harness's version changed) or the same written entry (a default or a profile's cap changed), so a block
+        re-run after a fix does not leave the stale result beside the new one as a second variant.  Existing
+        jobs, runs and metrics are never touched.
         """
         now = utcnow()
         jobs = list(jobs)
@@ -209,22 +214,33 @@ class Storage:
             listed: dict[str, int] = {}
             listed_jobs: set[str] = set()
             by_config: dict[str, CellRow] = {}
+            by_written: dict[str, CellRow] = {}
+            by_key: dict[str, CellRow] = {}
             if merge:
                 stored = list(s.scalars(select(CellRow).where(CellRow.sweep_id == row.id)))
                 listed = {c.job_key: c.position for c in stored}
+                by_key = {c.job_key: c for c in stored}
                 by_config = {digest(c.config): c for c in stored}
+                by_written = {c.written: c for c in stored if c.written}
                 listed_jobs = set(s.scalars(select(SweepJobRow.job_key).where(SweepJobRow.sweep_id == row.id)))
             else:
                 s.execute(delete(CellRow).where(CellRow.sweep_id == row.id))
                 s.execute(delete(SweepJobRow).where(SweepJobRow.sweep_id == row.id))
             pos = max(listed.values(), default=-1) + 1
-            for labels, config, key in cells:
-                stale = by_config.get(digest(config))
-                if key not in listed and stale is not None:          # same cell, new code: the new key
-                    stale.job_key, stale.labels = key, labels
+            incoming = {c[2] for c in cells}
+            for labels, config, key, *rest in cells:
+                written = rest[0] if rest else None
+                stale = by_config.get(digest(config)) or (by_written.get(written) if written else None)
+                if key in listed:
+                    if written and key in by_key and not by_key[key].written:   # a cell listed before the column
+                        by_key[key].written = written
+                elif stale is not None and stale.job_key not in incoming:
+                    del listed[stale.job_key]                                  # same cell, new code: the new key
+                    stale.job_key, stale.labels, stale.config, stale.written = key, labels, config, written
                     listed[key] = stale.position
-                elif key not in listed:
-                    s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config))
+                else:
+                    s.add(CellRow(sweep_id=row.id, position=pos, job_key=key, labels=labels, config=config,
+                                  written=written))
                     listed[key] = pos
                     pos += 1
             _insert_rows(s, SweepJobRow, [dict(sweep_id=row.id, job_key=j.key) for j in jobs

@@ -143,6 +143,36 @@ def test_a_block_re_run_after_a_version_bump_replaces_its_stale_cells(tmp_path, 
     assert new["none"] == old["none"] and new["ft"] != old["ft"]
 
 
+def test_a_block_re_run_after_a_default_change_replaces_its_cell_and_a_set_adds_a_variant(tmp_path, workspace,
+                                                                                           monkeypatch):
+    """A default changes (no version bump: the resolved config differs, so its key does): re-running the block as
+    the file writes it moves the cell to the new config in place, so `bench report` does not find two cells
+    where the file has one. The same block with a --set that reaches the cell is a variant beside it."""
+    from defenses.ft import FineTuning
+
+    path = write(tmp_path, tiny_sweep(defenses=["none", {"name": "ft", "epochs": 1}]))
+    run = ["sweep", path, "--workers", "0", "--no-progress"]
+    assert CliRunner().invoke(main, run).exit_code == 0
+
+    def exported():
+        rows = json.loads(CliRunner().invoke(main, ["export", "--format", "json"]).stdout)
+        return {(r["defense"], r["defense_variant"]): r for r in rows}
+
+    before = exported()
+    monkeypatch.setattr(FineTuning, "per_dataset", {**FineTuning.per_dataset, "synthetic": {"milestones": (5,)}})
+    again = CliRunner().invoke(main, [*run, "--only", "defense.name=ft"])
+    assert again.exit_code == 0 and "2 jobs ran" in again.output, again.output   # defend + evaluate
+    after = exported()
+    assert sorted(after) == sorted(before)                       # still one ft cell, now at the new config
+    ft = next(r for (d, _), r in after.items() if d == "ft")
+    old = next(r for (d, _), r in before.items() if d == "ft")
+    assert ft["key"] != old["key"] and ft["config"]["defense"]["milestones"] == [5]
+    probe = CliRunner().invoke(main, [*run, "--only", "defense.name=ft", "--set", "defense.ft.lr=0.05"])
+    assert probe.exit_code == 0, probe.output
+    assert sorted(d for d, _ in exported()) == ["ft", "ft", "none"]      # the probe is listed beside it
+    assert ft["key"] in {r["key"] for r in exported().values()}
+
+
 def test_a_report_leaves_out_cells_that_ran_older_code(tmp_path, workspace, monkeypatch):
     """A cell whose defend job ran an older plugin version is marked stale in the export and left out of a
     report with a note, so a table never mixes a fixed method's numbers with its pre-fix ones."""

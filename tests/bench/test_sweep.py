@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchtest import tiny_sweep
 
 from bench.config import ConfigError
 from bench.sweep import build_sweep, load_sweep
@@ -238,3 +239,18 @@ def test_every_shipped_sweep_file_resolves_at_paper_and_mini_scale(path, monkeyp
     assert paper.name == path.stem and paper.cells and len(mini.cells) == len(paper.cells)
     assert mini.scale == "mini" and paper.scale == "full"
     assert build_graph(mini.cells).jobs
+
+
+def test_a_cells_written_digest_follows_what_the_user_wrote_not_the_resolved_defaults():
+    """A plain run and an --only block write the same cells; a --set that reaches a cell makes it another
+    (a variant), one that reaches only another defense does not; a new seed is another cell."""
+    def written(**kw):
+        cells = build_sweep(tiny_sweep(seeds=(0, 1)), "t.yaml", **kw).cells
+        return {(c.defense["name"], c.seed): c.written for c in cells}
+
+    plain = written()
+    assert len(set(plain.values())) == 4
+    assert written(only=["defense.name=ft"]) == {k: v for k, v in plain.items() if k[0] == "ft"}
+    lr = written(sets=["defense.ft.lr=0.05"])
+    assert lr[("none", 0)] == plain[("none", 0)] and lr[("ft", 0)] != plain[("ft", 0)]
+    assert written(sets=["defense.mcl.tau=0.3"]) == plain

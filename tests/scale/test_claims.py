@@ -86,6 +86,24 @@ def test_four_concurrent_claimers_never_get_the_same_job(db_url):
     assert storage.progress("flat")["done"] == 120
 
 
+def test_an_older_database_gets_the_cells_written_column_added_and_filled_on_the_next_run(tmp_path):
+    from sqlalchemy import text
+
+    url = default_url(tmp_path)
+    sweep = build_sweep(tiny_sweep(), "t.yaml")
+    register(sweep, Storage(url))
+    with Storage(url).engine.begin() as c:
+        c.execute(text("ALTER TABLE cells DROP COLUMN written"))     # as written before the column existed
+    storage = Storage(url)
+    with storage.engine.begin() as c:
+        assert c.execute(text("SELECT written FROM cells")).scalars().all() == [None, None]
+    register(build_sweep(tiny_sweep(), "t.yaml", only=["defense.name=ft"]), storage)   # a block re-run
+    with storage.engine.begin() as c:
+        rows = dict(c.execute(text("SELECT job_key, written FROM cells")).all())
+    ft = next(cell for cell in sweep.cells if cell.defense["name"] == "ft")
+    assert len(rows) == 2 and sorted(rows.values(), key=str) == sorted([None, ft.written], key=str)
+
+
 def test_an_older_database_gets_sweep_membership_back_filled(tmp_path):
     from sqlalchemy import text
 
