@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import and_, case, create_engine, delete, event, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bench.config import digest
@@ -144,9 +144,18 @@ class Storage:
         Base.metadata.create_all(self.engine)  # tables added without a version bump (sweep_jobs so far)
         if "sweep_jobs" not in tables:        # an older database: fill the new table from the cells
             self._backfill_sweep_jobs()
-        if "written" not in {c["name"] for c in inspect(self.engine).get_columns("cells")}:
-            with self.engine.begin() as conn:  # a column added without a version bump; NULL for the old cells
-                conn.exec_driver_sql("ALTER TABLE cells ADD COLUMN written VARCHAR(64)")
+        if not self._has_column("cells", "written"):   # added without a version bump; NULL for the old cells
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql("ALTER TABLE cells ADD COLUMN written VARCHAR(64)")
+            except DBAPIError:
+                if not self._has_column("cells", "written"):   # not another process adding it at the same time
+                    raise
+
+    def _has_column(self, table: str, column: str) -> bool:
+        from sqlalchemy import inspect
+
+        return column in {c["name"] for c in inspect(self.engine).get_columns(table)}
 
     def _backfill_sweep_jobs(self) -> None:
         with self.session_scope() as s:
