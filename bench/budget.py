@@ -48,7 +48,9 @@ class Stage:
         follow: fields in this stage's epochs, moved by the realised factor.
         epoch_samples / epoch_steps: a fixed epoch (MCR's 10,000 samples; DBD's ``semi_iterations`` steps).
         when: (field, value) - the stage runs only when that config field has that value.
-        none_is_recipe: a None value means "the cell's recipe as it is" (AC's and SS's teacher).
+        none_is_recipe: a None value means "the cell's recipe as it is" (AC's and SS's teacher), counted only when
+            the defense trains that model itself (a ``teacher_augment`` override); otherwise it reads the train
+            stage's model (``Defense.reads_backdoored_model``), whose steps that stage counts.
         runs: how many times the stage runs with this schedule (NAD: the teacher's fine-tune, then distillation).
     """
 
@@ -246,7 +248,7 @@ def count(kind: str, cfg: Mapping[str, Any], recipe: Mapping[str, Any], n: int, 
         if stage.when and cfg.get(stage.when[0]) != stage.when[1]:
             continue
         value = cfg.get(field)
-        if value is None and stage.none_is_recipe:
+        if value is None and stage.none_is_recipe and cfg.get("teacher_augment") is not None:
             value = recipe["epochs"]
         if not value:
             continue

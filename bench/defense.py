@@ -7,14 +7,16 @@ Paradigms (../shared/DESIGN.md):
                     The runner does not train a backdoored model for it.
     cleansing       input: the poisoned training set; output: per-sample scores/flags (and relabels).  If the
                     defense returns no model, the runner trains a fresh one on the kept samples (one mechanism,
-                    in bench/stages.py, for every cleansing method).
+                    in bench/stages.py, for every cleansing method).  A cleansing method that reads a classifier
+                    trained on the poisoned set (AC, SS) declares ``backdoored_model`` and gets the train stage's
+                    model, the one the cell without a defense trains, instead of training it again.
 A defense declares what it ``needs``; the runner provides exactly that and nothing more.  Ground truth (which
 samples are poisoned) is never in the context: detection metrics are computed by the runner afterwards.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Mapping, Optional
 
 import torch
 from torch import nn
@@ -50,7 +52,7 @@ class DefenseContext:
 
     Attributes:
         info: dataset facts (classes, channels, size, mean/std).
-        model: the backdoored model (post_training), on ``device``, in eval mode.
+        model: the backdoored model (post_training; a cleansing method that reads it), on ``device``, in eval mode.
         clean: the defender's clean subset (uint8 images + true labels), without its validation slice.
         clean_val: the held-out validation slice of the clean subset (for early stopping / thresholds); only for
             a defense with ``uses_clean_val`` (else None, and ``clean`` is the whole subset).
@@ -131,6 +133,13 @@ class Defense:
         if unknown:
             raise ValueError(f"{type(self).__name__}.needs has unknown inputs {sorted(unknown)}; valid: {sorted(NEEDS)}")
         self.cfg = cfg
+
+    @classmethod
+    def reads_backdoored_model(cls, cfg: Mapping[str, Any]) -> bool:
+        """Whether a cell with this resolved defense config is handed the cell's backdoored model (the train
+        stage's, cached and shared with the cell without a defense).  A defense whose options ask for another
+        model (AC's ``teacher_epochs``) says no here and trains that model itself."""
+        return "backdoored_model" in cls.needs
 
     def uses_clean_subset(self) -> bool:
         return "clean_subset" in self.needs

@@ -117,14 +117,13 @@ def cell_jobs(cell: Cell) -> list[Job]:
                       {"dataset": dataset, "attack": cell.attack, "seed": cell.seed}, above, POISON_VERSION)
     jobs.append(poison)
     defend_cfg = _defend_config(cell, defense_cls)
-    if defense_cls.paradigm == "post_training" and "backdoored_model" in defense_cls.needs:
-        train = make_job("train", "train", TRAIN_VERSION,
-                         {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, poison)
-        jobs.append(train)
-        parent = train
-    else:  # training-time / cleansing: trains its own model from the poisoned set
+    if defense_cls.paradigm != "post_training":    # training-time / cleansing: trains a model from the poisoned set
         defend_cfg |= {"model": cell.model, "recipe": cell.recipe}
-        parent = poison
+    parent = poison
+    if defense_cls.reads_backdoored_model(cell.defense):   # the model the cell without a defense trains (cached)
+        parent = make_job("train", "train", TRAIN_VERSION,
+                          {"model": cell.model, "recipe": cell.recipe, "seed": cell.seed}, poison)
+        jobs.append(parent)
     jobs += _defend_jobs(cell, defense_cls, defend_cfg, parent)
     return jobs
 

@@ -164,7 +164,7 @@ class StageRunner:
         entry = DEFENSES.get(spec.pop("name"))
         defense: Defense = entry.obj(entry.parse(spec))
         attack = self.attack(task, bundle, poisoned)
-        ctx = self.context(task, defense, bundle, poisoned, train, attack)
+        ctx = self.context(task, defense, bundle, poisoned, train, attack, spec)
         return defense, ctx, (bundle, poisoned, train, attack)
 
     def run_prepare(self, task: Task) -> Outcome:
@@ -198,8 +198,8 @@ class StageRunner:
         return out
 
     def context(self, task: Task, defense: Defense, bundle: DataBundle, poisoned: PoisonedSet, train: ImageSet,
-                attack: Attack) -> DefenseContext:
-        model = self.model(task, "train", bundle) if "backdoored_model" in defense.needs else None
+                attack: Attack, spec: dict[str, Any]) -> DefenseContext:
+        model = self.model(task, "train", bundle) if defense.reads_backdoored_model(spec) else None
         return build_context(defense, task.chain, bundle, poisoned, train, attack, self.device, model)
 
     def retrain_kept(self, ctx: DefenseContext, train: ImageSet, result: DefenseResult) -> torch.nn.Module:

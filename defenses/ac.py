@@ -24,9 +24,10 @@ Rules, each as the code a seed paper ran:
                    model from scratch using the cluster with more data"; ART's ``cluster_analysis="smaller"``).
 ``group_by``: ``label`` (Chen et al. §3, ART: segment by the training labels) or ``prediction`` (Trojan-zoo).
 Seed 002 §4 ran AC knowing the attacker's target class: ``target_class`` restricts the analysis to that class
-(privileged knowledge, marked in reports).  The classifier is trained here with the cell's model and recipe
-(``teacher_epochs`` overrides its length; seed 003 §5 trained it 80 epochs without augmentation, seed 002 with
-its ResNet-18 recipe); seed 002 retrained the kept set with SupCon, we retrain with the cell's recipe.
+(privileged knowledge, marked in reports).  The classifier is the cell's backdoored model (Chen et al. Alg. 1:
+"train the DNN on the untrusted data"; seed 002 with its ResNet-18 recipe), handed over from the cached train
+stage; ``teacher_epochs`` / ``teacher_augment`` ask for another one, trained here (seed 003 §5: 80 epochs without
+augmentation).  Seed 002 retrained the kept set with SupCon, we retrain with the cell's recipe.
 Scores: 1 - (relative size of a sample's cluster), so samples in small clusters rank highest (for AUROC).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 import torch
@@ -63,6 +64,25 @@ class ACConfig(DefenseConfig):
 # ---------------------------------------------------------------------------------------------------------
 # The classifier whose activations are clustered (shared with Spectral Signatures)
 # ---------------------------------------------------------------------------------------------------------
+
+
+class PoisonedClassifierCleansing(Defense):
+    """A cleansing method that reads a classifier trained on the poisoned set (AC, SS).  With the cell's own
+    recipe that classifier is the backdoored model the cell without a defense trains: the runner hands over the
+    train stage's cached model instead of training it again.  A ``teacher_epochs`` / ``teacher_augment``
+    override (LfD §5's 80 epochs without augmentation) asks for another model, which ``classifier`` trains."""
+
+    paradigm = "cleansing"
+    needs = frozenset({"poisoned_train", "backdoored_model"})
+
+    @classmethod
+    def reads_backdoored_model(cls, cfg: Mapping[str, Any]) -> bool:
+        return cfg.get("teacher_epochs") is None and cfg.get("teacher_augment") is None
+
+    def classifier(self, ctx: DefenseContext) -> torch.nn.Module:
+        if ctx.model is not None:
+            return ctx.model
+        return train_on_poisoned(ctx, self.cfg.teacher_epochs, self.cfg.teacher_augment)
 
 
 def train_on_poisoned(ctx: DefenseContext, epochs: Optional[int] = None,
@@ -147,17 +167,15 @@ def activation_clustering(feats: torch.Tensor, groups: list[torch.Tensor], cfg: 
 
 
 @register_defense("ac", display_name="AC")
-class ActivationClustering(Defense):
+class ActivationClustering(PoisonedClassifierCleansing):
     """Per class: last-hidden-layer activations, ICA to 10 dims, 2-means, the rule's clusters removed."""
 
     Config = ACConfig
-    paradigm = "cleansing"
-    needs = frozenset({"poisoned_train"})
     privileged = ("target class (when target_class is set; seed 002 §4)",)
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg = self.cfg
-        model = train_on_poisoned(ctx, cfg.teacher_epochs, cfg.teacher_augment)
+        model = self.classifier(ctx)
         feats = embed(model, ctx.train.images, ctx.device)
         by = predict(model, ctx.train.images, ctx.device) if cfg.group_by == "prediction" else None
         flags, scores = activation_clustering(feats, class_groups(ctx.train, cfg.target_class, by), cfg, ctx.seed)

@@ -19,8 +19,8 @@ Knowledge, per seed (stored as ``privileged`` and marked in reports):
     No seed (e.g. all_defenses_mcl_setting): no count is known; ε is then the defender's assumed bound, given as
         ``eps`` × the mean class size (N / C).  eps = 0.1 matches Tran et al.'s largest setting (§5: 5 % and
         10 % of one class poisoned).  Every class loses 1.5 ε, as Algorithm 1 says.
-Representations: the penultimate layer (``bench.train.embed``) of a model trained with the cell's model and
-recipe (``teacher_epochs`` overrides its length).  Seed 002 retrained the kept set with SupCon; we retrain with
+Representations: the penultimate layer (``bench.train.embed``) of the cell's backdoored model (the cached train
+stage's; ``teacher_epochs`` / ``teacher_augment`` ask for another one, trained here: defenses/ac.py).  Seed 002 retrained the kept set with SupCon; we retrain with
 the cell's recipe.
 """
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Optional
 
 import torch
 
-from bench.defense import Defense, DefenseConfig, DefenseContext, DefenseResult, top_flags
+from bench.defense import DefenseConfig, DefenseContext, DefenseResult, top_flags
 from bench.registry import register_defense
 from bench.train import embed
-from defenses.ac import class_groups, train_on_poisoned
+from defenses.ac import PoisonedClassifierCleansing, class_groups
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,10 @@ def spectral_scores(reps: torch.Tensor) -> torch.Tensor:
 
 
 @register_defense("ss", display_name="SS")
-class SpectralSignatures(Defense):
+class SpectralSignatures(PoisonedClassifierCleansing):
     """Per class: score by the top singular direction of centred representations, remove the top 1.5 · ε (a count)."""
 
     Config = SSConfig
-    paradigm = "cleansing"
-    needs = frozenset({"poisoned_train"})
     privileged = ("poison count (when poison_count is set)", "target class (when target_class is set)")
 
     def bound(self, n_total: int, num_classes: int) -> float:
@@ -87,7 +85,7 @@ class SpectralSignatures(Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         cfg, train = self.cfg, ctx.train
-        model = train_on_poisoned(ctx, cfg.teacher_epochs, cfg.teacher_augment)
+        model = self.classifier(ctx)
         feats = embed(model, train.images, ctx.device)
         flags, scores = torch.zeros(len(train), dtype=torch.bool), torch.zeros(len(train))
         ties = ctx.generator("ss.ties")

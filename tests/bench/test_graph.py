@@ -38,6 +38,20 @@ def test_backdoored_model_shared_across_defenses_and_ratios():
     assert len(stages["defend"]) == 5 and len(stages["evaluate"]) == 5
 
 
+def test_ac_and_ss_read_the_cached_backdoored_model_unless_they_ask_for_another_teacher():
+    """AC and SS cluster a classifier trained on the poisoned set with the cell's recipe: the model the cell
+    without a defense trains. Their defend jobs sit below that one train job instead of training it again; a
+    teacher override (LfD §5's 80 epochs) makes AC train its own below the poison job."""
+    defenses = ["none", {"name": "ac", "target_class": 0}, {"name": "ss", "target_class": 0},
+                {"name": "ac", "teacher_epochs": 3}]
+    g = build_graph(build_sweep(tiny_sweep(defenses=defenses), "f").cells)
+    stages = g.by_stage()
+    (train,), (poison,) = stages["train"], stages["poison"]
+    parents = {(j.plugin, j.config["defense"].get("teacher_epochs")): j.parent for j in stages["defend"]}
+    assert parents == {("none", None): train.key, ("ac", None): train.key, ("ss", None): train.key,
+                       ("ac", 3): poison.key}
+
+
 def test_defense_hyperparameter_does_not_change_train_key():
     a = cell_jobs(build_sweep(tiny_sweep(defenses=[{"name": "ft", "lr": 0.1}]), "f").cells[0])
     b = cell_jobs(build_sweep(tiny_sweep(defenses=[{"name": "ft", "lr": 0.2}]), "f").cells[0])
