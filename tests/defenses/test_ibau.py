@@ -37,15 +37,16 @@ def test_hypergradient_equals_the_analytic_implicit_gradient():
 
 def test_ibau_changes_the_model_and_lowers_asr(backdoor):
     defense = make_defense({"name": "ibau"})
-    ctx = make_context(backdoor, defense, clean_ratio=0.3)
+    ctx = make_context(backdoor, defense, clean_ratio=0.5)
     before = [p.clone() for p in ctx.model.parameters()]
     out = defense.run(ctx)
     assert any(not torch.equal(a, b) for a, b in zip(before, out.model.parameters()))
-    # Measured with v1 (unshuffled batches; v2 meets the same bounds) at clean ratio 0.3 (388 images, 4 batches of
-    # <= 100, 20 outer steps): seed 0 ASR 1.00 -> 0.34,
-    # BA 0.997 -> 0.889 (seeds 1, 2: ASR 0.15 / 0.01, BA 0.80 / 0.73); another 2-core machine measured ASR 0.64
-    # for seed 0.  I-BAU is noisy on this tiny set (the last bits of the CPU's sums move its outcome), so the check
-    # is what holds on every run seen: the backdoor is clearly weakened (plain FT keeps ASR 1.00 here, test_nad).
+    # I-BAU on a few hundred digits is noisy: the last bits of the CPU's sums move its outcome as much as the seed.
+    # At clean ratio 0.3 (388 images, 4 batches) seed 0's ASR went 1.00 -> 0.34 on one 2-core machine, 0.64 on
+    # another and 0.98 (no effect) on a third (AMD EPYC), whose seeds 1-3 gave 0.23 / 0.30 / 0.89.  At 0.5 (646
+    # images, 7 batches of <= 100, 5 rounds) that machine measured ASR 0.11 / 0.40 / 0.15 / 0.18 and BA 0.91 /
+    # 0.88 / 0.93 / 0.86 for seeds 0-3 (before: 1.00 / 0.997), so the check below holds with a 0.35 margin.
+    # Plain FT keeps ASR 1.00 here (test_nad): what lowers it is the unlearning.
     after = evaluate(backdoor, out.model)
     assert after["asr"] <= backdoor.metrics["asr"] - 0.25, after
     assert after["ba"] >= backdoor.metrics["ba"] - 0.3, after
