@@ -48,9 +48,10 @@ class Stage:
         follow: fields in this stage's epochs, moved by the realised factor.
         epoch_samples / epoch_steps: a fixed epoch (MCR's 10,000 samples; DBD's ``semi_iterations`` steps).
         when: (field, value) - the stage runs only when that config field has that value.
-        none_is_recipe: a None value means "the cell's recipe as it is" (AC's and SS's teacher), counted only when
-            the defense trains that model itself (a ``teacher_augment`` override); otherwise it reads the train
-            stage's model (``Defense.reads_backdoored_model``), whose steps that stage counts.
+        none_is_recipe_when: a None value means "the cell's recipe as it is" (AC's and SS's teacher), counted only
+            when this config field is set: then the defense trains that model itself (AC's ``teacher_augment``
+            override); otherwise it reads the train stage's model (``Defense.reads_backdoored_model``), whose steps
+            that stage counts.
         runs: how many times the stage runs with this schedule (NAD: the teacher's fine-tune, then distillation).
     """
 
@@ -62,7 +63,7 @@ class Stage:
     epoch_samples: int | None = None
     epoch_steps: str | None = None
     when: tuple[str, Any] | None = None
-    none_is_recipe: bool = False
+    none_is_recipe_when: str | None = None
     runs: int = 1
 
 
@@ -70,7 +71,7 @@ _SD = {"sd_train_epochs": Stage("train", "sd_batch_size"),
        "sd_finetune_epochs": Stage("train", "sd_batch_size", follow=("sd_cosine_tmax",)),
        "abl_epochs": Stage("train", "sd_batch_size", when=("sd_metric", "abl_lga"))}
 _FT = {"epochs": Stage("clean", follow=("milestones",))}
-_TEACHER = {"teacher_epochs": Stage("train", "recipe.batch_size", none_is_recipe=True)}
+_TEACHER = {"teacher_epochs": Stage("train", "recipe.batch_size", none_is_recipe_when="teacher_augment")}
 
 # kind -> plugin name ("*": every recipe) -> field -> Stage
 SCHEDULES: dict[str, dict[str, dict[str, Stage]]] = {
@@ -248,7 +249,7 @@ def count(kind: str, cfg: Mapping[str, Any], recipe: Mapping[str, Any], n: int, 
         if stage.when and cfg.get(stage.when[0]) != stage.when[1]:
             continue
         value = cfg.get(field)
-        if value is None and stage.none_is_recipe and cfg.get("teacher_augment") is not None:
+        if value is None and stage.none_is_recipe_when and cfg.get(stage.none_is_recipe_when) is not None:
             value = recipe["epochs"]
         if not value:
             continue

@@ -56,6 +56,17 @@ def test_steps_fields_and_fixed_epochs_are_not_scaled(tmp_path):
     assert (dbd.defense["semi_epochs"], dbd.defense["rampup_epochs"], dbd.defense["simclr_epochs"]) == (19, 19, 400)
 
 
+def test_acs_teacher_counts_only_when_ac_trains_it_itself():
+    """AC's ``teacher_epochs: None`` is the cell's recipe: the train stage's model (counted there) unless
+    ``teacher_augment`` asks AC to train another one, whose steps are then AC's own."""
+    recipe = {"epochs": 30, "batch_size": 100}
+    reads = {"name": "ac", "teacher_epochs": None, "teacher_augment": None}
+    trains = {**reads, "teacher_augment": ["flip"]}
+    assert budget.count("defense", reads, recipe, 1000).steps == 0
+    assert budget.count("defense", trains, recipe, 1000).steps == 30 * 10
+    assert budget.count("defense", {**trains, "teacher_epochs": 5}, recipe, 1000).steps == 5 * 10
+
+
 def test_explicit_profile_and_set_values_win_over_the_budget(tmp_path):
     cell = cell_of(tmp_path, {"dataset": {"train_limit": 512}, "defense": {"ft": {"epochs": 7}}}, "ft")
     assert cell.defense["epochs"] == 7
