@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from defensetest import evaluate, make_context, make_defense
 
 from bench.attack import CLEAN
-from bench.train import seed_everything
 from defenses.abl import ABLConfig, _isolation_loss, isolate, lga_loss
 
 
@@ -58,7 +57,6 @@ def test_abl_isolates_poison_and_lowers_asr_on_digits(backdoor):
                             "batch_size": 64, "unlearn_epochs": 5, "augment": []})
     ctx = make_context(backdoor, defense)
     assert ctx.model is None and ctx.train is not None               # training-time: no backdoored model
-    seed_everything(0)                                               # as the runner does before run()
     out = defense.run(ctx)
     flags = out.flags
     assert int(flags.sum()) == round(0.05 * len(poisoned))
@@ -84,7 +82,6 @@ def test_unlearning_batches_are_the_isolated_images_unaugmented(backdoor, monkey
                             "unlearn_epochs": 2})
     assert defense.cfg.unlearn_lr == 5e-4 and defense.cfg.batch_size == 128 and defense.cfg.augment   # recovery augments
     ctx = make_context(backdoor, defense)
-    seed_everything(0)
     out = defense.run(ctx)
     isolated = ctx.train.images[out.flags]
     assert len(seen) == 2 * math.ceil(len(isolated) / 128)              # no dropped tail, batch 128

@@ -11,7 +11,6 @@ import defenses.dbd as dbd
 from bench.attack import CLEAN
 from bench.augment import random_gaussian_blur
 from bench.models import create_model
-from bench.train import seed_everything
 from defenses.dbd import DBDConfig, _frozen_head_loss, _MixMatch, mixup, sce_loss, sharpen
 
 
@@ -102,7 +101,6 @@ def test_dbd_end_to_end_on_digits(backdoor, monkeypatch):
         optimisers.append(kwargs.get("optimizer"))
         return real_fit(*args, **kwargs)
     monkeypatch.setattr(dbd, "fit", spy)
-    seed_everything(0)                                               # as the runner does before run()
     out = defense.run(ctx)
     # SimCLR has its own SGD; then ONE Adam for the warm-up and all 3 MixMatch epochs (mixmatch_finetune.py)
     assert optimisers[0] is None and len(optimisers) == 5 and isinstance(optimisers[1], torch.optim.Adam)

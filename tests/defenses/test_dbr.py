@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from defensetest import evaluate, make_context, make_defense
 
 from bench.attack import POISONED
-from bench.train import seed_everything
 from defenses._sd import SDConfig, distinguish, run_epoch
 from defenses.dbr import unlearn_loss
 
@@ -26,7 +25,6 @@ def test_unlearning_epoch_raises_the_loss_on_dp(backdoor):
     defense = make_defense({"name": "dbr", **SD})
     ctx = make_context(backdoor, defense)
     assert ctx.clean is None and ctx.model is not None and ctx.train is not None
-    seed_everything(0)
     split = distinguish(ctx.train, ctx.new_model, SDConfig(**SD), ctx.device, torch.Generator().manual_seed(0))
     d_p = ctx.train.subset(split.poisoned)
     model = ctx.model
@@ -45,7 +43,6 @@ def test_dbr_removes_the_backdoor_and_records_curves(backdoor):
     # the paper's lr would be 5 tiny steps.
     defense = make_defense({"name": "dbr", **SD, "rounds": 5, "lr": 0.01})
     ctx = make_context(backdoor, defense, curves=True)
-    seed_everything(0)                      # as the runner does before run(): independent of test order
     out = defense.run(ctx)
     n = len(backdoor.train)
     assert int(out.flags.sum()) == math.floor(n * 0.05) and out.metrics["sd_n_clean"] == math.floor(n * 0.2)
@@ -68,7 +65,6 @@ def test_pure_relearn_keeps_the_backdoor_longer_than_unlearning(backdoor):
     for mode in ("pure_relearn", "pure_unlearn"):
         defense = make_defense({"name": "dbr", **SD, "rounds": 3, "lr": 0.01, "mode": mode})
         ctx = make_context(backdoor, defense, curves=True)
-        seed_everything(0)
         res[mode] = evaluate(backdoor, defense.run(ctx).model)
         assert ("unlearn_loss" in ctx.curves.rows[0]) == (mode == "pure_unlearn")
     # Measured over 5 rounds: pure relearning BA 0.997 / ASR 1.00; pure unlearning BA 0.61 / ASR 0.00.

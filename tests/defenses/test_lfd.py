@@ -7,7 +7,6 @@ import torch
 from defensetest import make_context, make_defense
 
 from bench.attack import POISONED
-from bench.train import seed_everything
 from defenses.lfd import ga_weights, per_sample_loss, threshold, wga_weights
 
 
@@ -45,7 +44,6 @@ def test_low_capacity_teacher_gives_poisoned_samples_lower_loss(backdoor):
     defense = make_defense({"name": "lfd", "teacher": "mobilenetv2_s", "teacher_epochs": 5,
                             "teacher_batch_size": 32})
     ctx = make_context(backdoor, defense)
-    seed_everything(0)
     teacher, _ = defense.teacher(ctx)
     losses = per_sample_loss(teacher, ctx.train, ctx.device)
     poisoned = backdoor.poisoned.kind == POISONED
@@ -59,7 +57,6 @@ def test_lfd_run_returns_candidates_and_curves(backdoor):
     defense = make_defense({"name": "lfd", "teacher": "mobilenetv2_s", "teacher_epochs": 2,
                             "teacher_batch_size": 32, "epochs": 2})
     ctx = make_context(backdoor, defense, curves=True)
-    seed_everything(0)
     out = defense.run(ctx)
     n = len(backdoor.train)
     assert out.flags.shape == (n,) and int(out.flags.sum()) == out.metrics["n_candidates"] >= int(0.15 * n)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from defensetest import evaluate, make_context, make_defense
 
 from bench.attack import POISONED
-from bench.train import seed_everything
 from defenses.ssl_cleanse import Decision, cleanse, combine, energy_decide, energy_scores, knn_decide
 
 
@@ -90,7 +89,6 @@ def test_simclr_filtering_removes_the_digits_poison(backdoor):
                             "linear_batch_size": 256})
     ctx = make_context(backdoor, defense)
     assert ctx.train is not None and ctx.model is None and ctx.clean is None
-    seed_everything(0)
     out = defense.run(ctx)
     poisoned = backdoor.poisoned.kind == POISONED
     kept = ~out.flags
@@ -110,7 +108,6 @@ def test_autoencoder_ablation_runs_and_hands_its_code_to_the_health_check(backdo
     defense = make_defense({"name": "ssl_cleanse", "encoder": "autoencoder", "ae_epochs": 2, "ae_batch_size": 256,
                             "classifier": "ce"})
     ctx = make_context(backdoor, defense)
-    seed_everything(0)
     out = defense.run(ctx)
     n = len(backdoor.train)
     assert out.model is None and out.flags.shape == (n,) and out.embedding.shape == (n, 128)

@@ -50,11 +50,15 @@ def train_backdoor(spec=None, relabel: bool = False):
 
 
 def make_context(backdoor, defense, clean_ratio: float = 0.1, seed: int = 0, curves: bool = False):
-    """A DefenseContext for ``defense`` over the session's backdoored digits model (a fresh copy of it)."""
+    """A DefenseContext for ``defense`` over the session's backdoored digits model (a fresh copy of it), with the
+    global generators seeded as ``Runner.run_defend`` seeds them before ``run()``: a test's numbers then do not
+    depend on which tests ran before it in the session."""
     chain = {"model": MODEL, "recipe": {"name": "quick", **dataclasses.asdict(backdoor.recipe)}, "seed": seed,
              "clean_ratio": clean_ratio, "clean_stratified": False, "curves": curves}
-    return build_context(defense, chain, backdoor.bundle, backdoor.poisoned, backdoor.train, backdoor.attack,
-                         torch.device("cpu"), copy.deepcopy(backdoor.model))
+    ctx = build_context(defense, chain, backdoor.bundle, backdoor.poisoned, backdoor.train, backdoor.attack,
+                        torch.device("cpu"), copy.deepcopy(backdoor.model))
+    seed_everything(seed)
+    return ctx
 
 
 def run_with_fewer_poisoned(backdoor, defense, n_poisoned: int):
@@ -64,7 +68,6 @@ def run_with_fewer_poisoned(backdoor, defense, n_poisoned: int):
     keep = torch.nonzero(~poisoned_all | (torch.cumsum(poisoned_all.long(), 0) <= n_poisoned)).flatten()
     ctx = make_context(backdoor, defense)
     ctx.train = ctx.train.subset(keep)
-    seed_everything(0)
     return ctx, defense.run(ctx), poisoned_all[keep]
 
 
