@@ -109,6 +109,7 @@ class PullWorker:
         self.owner = f"{hostname()}:{os.getpid()}"
         self.info = run_info(worker=opts.name or worker_name(), device=device_label(self.runner.device))
         self.stop: str | None = None                   # None | 'finish' | 'release'
+        self.stop_signal = ""                          # the signal that set it, named in the run's record
         self._current: Claim | None = None
         self._recording = False
         self._lock = threading.Lock()
@@ -143,7 +144,8 @@ class PullWorker:
                     continue
                 wait, seen_empty = 0.05, False
                 if self.stop == "release":       # SIGTERM arrived during the claim: give the job straight back
-                    self.storage.release(claim.key, claim.attempt, "worker stopped before it started")
+                    self.storage.release(claim.key, claim.attempt,
+                                         f"worker stopped: {self.stop_signal} before the job started")
                     report.released += 1
                     report.reason = "signal: released"
                     break
@@ -165,6 +167,8 @@ class PullWorker:
         with self._lock:
             self._current = claim
         try:
+            if self.stop == "release":      # SIGTERM between the check after the claim and the line above
+                raise Release(self.stop_signal)
             try:
                 task = task_from_db(self.storage, claim.key)
             except Exception as err:  # recorded as the job's failure, like an error inside the stage
@@ -220,13 +224,13 @@ class PullWorker:
             return lambda: None
 
         def release(signum, frame):
-            self.stop = "release"
+            self.stop, self.stop_signal = "release", signal.Signals(signum).name
             if self._current is not None and not self._recording:
                 raise Release(signal.Signals(signum).name)
 
         def finish(signum, frame):
             if self.stop is None:
-                self.stop = "finish"
+                self.stop, self.stop_signal = "finish", signal.Signals(signum).name
                 self.log("SIGUSR1: finishing the current job, then exiting (again: release it now)")
             else:
                 release(signum, frame)

@@ -149,4 +149,6 @@ def test_sigusr1_finishes_the_job_and_sigterm_releases_it(tmp_path):
     state = storage.job_states([held.key])[held.key]
     assert (state.state, state.owner, state.attempts) == ("pending", None, 1)
     run = storage.runs_of(held.key)[0]
-    assert run["status"] == "abandoned" and "SIGTERM" in run["error"]
+    # SIGTERM may land while the job runs or (on a loaded machine) between its claim and its start: either way
+    # the run is abandoned with the signal named
+    assert run["status"] == "abandoned" and "SIGTERM" in run["error"], run["error"]
