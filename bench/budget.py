@@ -176,13 +176,20 @@ def check_caps(budget: Any, where: str) -> None:
                     raise ConfigError(f"{path}.{key}", f"expected a maximum count (an integer >= 0), got {cap!r}")
 
 
-def scaled(kind: str, paper: Mapping[str, Any], dataset: Mapping[str, Any], profile: Mapping[str, Any]) -> dict:
+def scaled(kind: str, paper: Mapping[str, Any], dataset: Mapping[str, Any], profile: Mapping[str, Any],
+           explicit: Mapping[str, Any] | None = None) -> dict:
     """The fields a profile changes in one resolved paper-scale config: scaled schedules and mapped models.
 
     Args:
         kind: "recipe", "defense" or "attack"; paper: the config resolved without the profile (plugin defaults < per
             dataset < sweep entry); dataset: the cell's dataset resolved with the profile; profile: the overlay.
+        explicit: the values the profile or ``--set`` states for this entry. An explicit schedule field is kept as
+            stated (no cap), and its followers move with it unless they are explicit too: ``--set
+            attack.dynamic.gen_epochs=30`` under mini puts the generator's lr steps at 30/600 of the paper's
+            milestones, not where the 2-epoch cap had put them (issue 22: they had stayed at [1], so the 30- and
+            60-epoch probes ran 29 and 59 epochs at a tenth of the learning rate).
     """
+    explicit = explicit or {}
     name = paper["name"]
     budget = profile.get("budget") or {}
     caps = dict(budget.get("recipe") or {}) if kind == "recipe" else dict((budget.get(kind) or {}).get(name) or {})
@@ -194,9 +201,12 @@ def scaled(kind: str, paper: Mapping[str, Any], dataset: Mapping[str, Any], prof
             continue
         new = value if stage.unit == "steps" else max(1, round(value * k)) if value else 0
         new = min(new, caps.get(field, new))
+        stated = explicit.get(field)
+        if isinstance(stated, int) and not isinstance(stated, bool):
+            new = stated
         out[field] = new
         for follower in stage.follow:
-            if follower in paper and value:
+            if follower in paper and value and follower not in explicit:
                 out[follower] = _follow(paper[follower], new / value, new)
     for field in CAP_ONLY.get(kind, {}).get(name, ()):
         if field in caps:

@@ -494,7 +494,10 @@ class _Resolver:
             if ds is not None:
                 paper = self.paper[key] = _resolve(kind, spec, path, [], dataset)
                 if self.scaled:
-                    derived = budget.scaled(kind, paper, ds, self.profile)
+                    explicit = {}
+                    for _, overlay in overlays:
+                        explicit |= _overlay_for(REGISTRIES[kind], overlay.get(kind) or {}, paper["name"])
+                    derived = budget.scaled(kind, paper, ds, self.profile, explicit)
                     overlays = [("profile budget", {kind: {paper["name"]: derived}}), *overlays]
             self.memo[key] = _resolve(kind, spec, path, overlays, dataset)
         return dict(self.memo[key])

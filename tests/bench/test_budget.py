@@ -76,6 +76,23 @@ def test_explicit_profile_and_set_values_win_over_the_budget(tmp_path):
     assert no_profile.defense["epochs"] == 20 and no_profile.paper["defense"] == no_profile.defense
 
 
+def test_an_explicit_epoch_count_moves_its_milestones_with_it(tmp_path):
+    """``--set`` of a schedule field under a profile: the field is kept as stated and its followers move by
+    stated / paper (issue 22: Dynamic's lr milestones had stayed where the profile's cap put them)."""
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"name": "p", "scale": "mini",
+                                                     "dataset": {"train_limit": 512},
+                                                     "budget": {"defense": {"ft": {"epochs": 4}}}}))
+    doc = {"name": "t", "grid": {"dataset": {"name": "synthetic", "n_train": 1024}, "model": "small_cnn",
+                                 "recipe": "mcl_paper", "attack": "none", "defense": "ft"}}
+    capped = build_sweep(doc, "t.yaml", profile="p", profiles_dir=tmp_path).cells[0]
+    assert (capped.defense["epochs"], capped.defense["milestones"]) == (4, [1, 2])  # 1 and 10 of 20, x0.2
+    stated = build_sweep(doc, "t.yaml", profile="p", profiles_dir=tmp_path, sets=["defense.ft.epochs=10"]).cells[0]
+    assert (stated.defense["epochs"], stated.defense["milestones"]) == (10, [1, 5])  # x0.5, the cap not applied
+    both = build_sweep(doc, "t.yaml", profile="p", profiles_dir=tmp_path,
+                       sets=["defense.ft.epochs=10", "defense.ft.milestones=[3]"]).cells[0]
+    assert both.defense["milestones"] == [3]
+
+
 def test_lfd_teachers_follow_the_profile_model_map(tmp_path):
     prof = {"model": {"resnet18": {"name": "small_cnn", "width": 16}, "resnet_s2": {"name": "small_cnn", "width": 8}}}
     mapped = cell_of(tmp_path, prof, {"name": "lfd", "teacher": "resnet_s2"})
