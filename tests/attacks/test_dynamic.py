@@ -130,7 +130,7 @@ def test_a_fresh_model_learns_the_backdoor(digits):
     2026-12-02): ASR 0.642 / 0.790 / 0.892 for seeds 0-2; 16 generator epochs 0.679 / 0.765 / 0.886, 30 % poisoned
     0.719 / 0.818 / 0.898, half as many cross samples 0.707 / 0.873 / 0.938.  Seed 0's generator itself reaches
     only 0.75 backdoor accuracy on its surrogate, which bounds what a fresh model learns from it; so the issue's
-    80 % bar is not this test's (the CIFAR-10 mini rows in docs/REPRODUCTION.md reach 72-82 %)."""
+    80 % bar is not this test's (the CIFAR-10 mini rows in docs/REPRODUCTION.md reach 72-73 %)."""
     attack, _, metrics = _trained(digits, **ASR_OPTS)
     ps = attack.poison(digits.train, torch.Generator().manual_seed(0))
     _, recipe = RECIPES.resolve("quick", "recipe")
