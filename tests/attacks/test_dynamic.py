@@ -1,8 +1,8 @@
 """Input-aware dynamic backdoor: sample-specific triggers from a frozen generator, the mask density it was trained
 to, determinism for a seed, cross (NOISE) samples, and a backdoor that a fresh model learns from the poisoned set.
 
-Generators here are cheap (width 8, a few epochs, batch 64, no augmentation, small CNN surrogate) so each test
-runs in well under 40 s on one core; the settings are in ``CHEAP`` / ``ASR_OPTS``.
+Generators here are cheap (width 8, a few epochs, batch 64, no augmentation, small CNN surrogate; ``CHEAP``) so
+each test runs in well under 40 s on one core; the ASR test trains a larger one (``ASR_OPTS``, about 50 s).
 """
 from __future__ import annotations
 
@@ -114,23 +114,28 @@ def test_all2all_relabels_to_the_next_class(digits):
     assert torch.equal(ps.labels[pois], (digits.train.labels[pois] + 1) % 10)
 
 
-ASR_OPTS = {"gen_epochs": 8, "classifier_options": {"width": 16}, "classifier_lr": 0.05,
-            "gen_p_attack": 0.3, "gen_p_cross": 0.2, "poison_rate": 0.2}
+ASR_OPTS = {"gen_width": 16, "mask_epochs": 25, "mask_density": 0.1, "lambda_norm": 10.0, "gen_epochs": 30,
+            "classifier_options": {"width": 16}, "classifier_lr": 0.05, "gen_p_attack": 0.3, "gen_p_cross": 0.2,
+            "poison_rate": 0.2}
 
 
 def test_a_fresh_model_learns_the_backdoor(digits):
-    """Generator: width 8, 3 mask + 8 joint epochs against a width-16 CNN surrogate at lr 0.05 and batch shares
-    0.3 / 0.2 (the paper's 0.1 / 0.1 learns slower at this size); then 20 % of the non-target digits poisoned
-    plus as many cross samples, and a fresh width-16 CNN trained 30 epochs ('quick' recipe).  Measured (one
-    thread): BA 0.989, ASR 0.849, cross-sample accuracy 0.750; about 30 s.  (Without cross samples ASR is 0.93
-    but cross accuracy 0.23: the cross samples are what make the trigger input-specific.)  Another machine (AMD
-    EPYC) measured BA 0.983 / 0.994 / 0.992 and ASR 0.735 / 0.806 / 0.861 for generator seeds 0-2, and the same
-    CNN trained on the clean digits ASR 0.000 for all three: the bar is far above what the network does without
-    the backdoor, and below the spread that the CPU's float sums give this small generator.  A third run (AMD EPYC,
-    2026-12-02): ASR 0.642 / 0.790 / 0.892 for seeds 0-2; 16 generator epochs 0.679 / 0.765 / 0.886, 30 % poisoned
-    0.719 / 0.818 / 0.898, half as many cross samples 0.707 / 0.873 / 0.938.  Seed 0's generator itself reaches
-    only 0.75 backdoor accuracy on its surrogate, which bounds what a fresh model learns from it; so the issue's
-    80 % bar is not this test's (the CIFAR-10 mini rows in docs/REPRODUCTION.md reach 72-73 %)."""
+    """Generator at the release's MNIST width (16, depth 2), the paper's 25 mask epochs, 30 joint epochs against a
+    width-16 CNN surrogate at lr 0.05 and batch shares 0.3 / 0.2 (the paper's 0.1 / 0.1 learns slower at this
+    size); then 20 % of the non-target digits poisoned plus as many cross samples, and a fresh width-16 CNN trained
+    30 epochs ('quick' recipe).  The mask: the release's density 0.032 is 25 pixels of MNIST's 28x28; the same 25
+    pixels are 0.1 of these 16x16 digits, and lambda_norm 10 (release 100) lets the mask settle there.
+
+    Measured (2026-12-03, generator seed 0): ASR 0.873 / 0.802 / 0.849 with torch on 1 / 2 / 3 threads (the thread
+    count only changes the order of float sums, as another CPU does), BA 0.99, surrogate backdoor accuracy
+    0.91-0.96, mask mean 0.113-0.114, about 50 s on one thread.  So the attack reaches the issue's 80 % under every
+    float order tried, and the assertion keeps 0.75 to leave room for that spread.  How the settings were found:
+    the earlier width-8 generator with 3 mask epochs at density 0.032 gave 0.642 / 0.790 / 0.892 for seeds 0-2
+    here (0.85 and 0.74 for seed 0 on other machines): lambda_norm 100 drives the mask from 0.5 far below its
+    density within 3 epochs, where nothing pulls it back, so the final mask (0.013-0.28 of the image) was set by
+    float rounding and ASR followed it (seed 0 at width 16: 0.907 on one thread, 0.694 on two); with the mask
+    near its density (10 mask, 16 joint epochs), seeds 0 / 1 / 2 gave 0.892 / 0.948 / 0.818.  The same CNN trained
+    on the clean digits: ASR 0.000 (earlier machines)."""
     attack, _, metrics = _trained(digits, **ASR_OPTS)
     ps = attack.poison(digits.train, torch.Generator().manual_seed(0))
     _, recipe = RECIPES.resolve("quick", "recipe")
@@ -143,4 +148,4 @@ def test_a_fresh_model_learns_the_backdoor(digits):
     x, target, keep = attack.stamp_test(digits.test.images, digits.test.labels)
     ba = float((predict(model, digits.test.images) == digits.test.labels).float().mean())
     asr = float((predict(model, x[keep]) == target[keep]).float().mean())
-    assert ba >= 0.95 and asr >= 0.60, (ba, asr, metrics)
+    assert ba >= 0.95 and asr >= 0.75, (ba, asr, metrics)
