@@ -104,7 +104,17 @@ def config_differences(cells: pd.DataFrame) -> list[str]:
         return []
     configs = [json.loads(c) if isinstance(c, str) else dict(c) for c in cells["config"]]
 
+    # trigger_seed None draws the trigger from the cell's seed (bench/triggers.py::trigger_generator). Where every
+    # cell leaves it None, each seed draws its own trigger: seeds of one configuration. Where some cell fixes it,
+    # a None is read as the seed it draws from: seed 0's default cell and a seed-1 cell with trigger_seed 0 poison
+    # with one trigger and differ only in the seed; seed 1's own trigger is another attack.
+    fixed = any(isinstance(c.get("attack"), dict) and c["attack"].get("trigger_seed") is not None for c in configs)
+
     def what_counts(c: dict) -> dict:
-        return {k: v for k, v in c.items() if k != "seed" and not (k == "recipe" and from_file(c))}
+        out = {k: v for k, v in c.items() if k != "seed" and not (k == "recipe" and from_file(c))}
+        attack = out.get("attack")
+        if fixed and isinstance(attack, dict) and "trigger_seed" in attack and attack["trigger_seed"] is None:
+            out["attack"] = {**attack, "trigger_seed": c.get("seed")}
+        return out
     flat = [pd.json_normalize(what_counts(c), sep=".").iloc[0].astype(str).to_dict() for c in configs]
     return sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})

@@ -245,3 +245,18 @@ def test_a_checkpoint_cells_before_numbers_ignore_its_nominal_recipe():
     assert config_differences(pd.DataFrame([row("ft", old, 0.1), row("ft", new, 0.2)])) == []
     assert config_differences(pd.DataFrame([row("ft", old, 0.1, False), row("ft", new, 0.2, False)])) == \
         ["recipe.eta_min"]
+
+
+def test_a_fixed_trigger_seed_is_the_seed_it_names():
+    """trigger_seed None draws the trigger from the cell's seed: seeds that all leave it None are seeds of one
+    configuration; beside a fixed trigger_seed, seed 0's default cell and a seed-1 cell with trigger_seed 0 poison
+    with one trigger and differ only in the seed, and seed 1's own trigger is another attack."""
+    from bench.reports.frames import config_differences
+
+    def row(seed, trigger_seed):
+        cfg = {"attack": {"name": "badnets", "trigger_seed": trigger_seed}, "seed": seed, "defense": {"name": "ac"}}
+        return {"defense": "ac", "attack": "badnets", "asr": 0.05, "config": json.dumps(cfg)}
+    assert config_differences(pd.DataFrame([row(0, None), row(1, 0)])) == []
+    assert config_differences(pd.DataFrame([row(0, None), row(1, None)])) == [], "each seed its own trigger"
+    assert config_differences(pd.DataFrame([row(1, 0), row(1, None)])) == ["attack.trigger_seed"]
+    assert config_differences(pd.DataFrame([row(0, None), row(1, None), row(1, 0)])) == ["attack.trigger_seed"]
