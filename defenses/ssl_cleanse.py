@@ -21,7 +21,8 @@ The paper uses ResNet-18 for the encoder and the classifier (§4); here both are
 §4; 100 for MNIST, App. D) but not lr, temperature, batch or the projector width; those defaults are the
 SupContrast repository's (HobbitLong/SupContrast README: SimCLR batch 1024, lr 0.5, temperature 0.5, cosine;
 SupCon batch 1024, lr 0.5, temperature 0.1; linear stage batch 512, lr 5; SGD momentum 0.9, wd 1e-4, 128-d
-features), the code the paper's SupCon reference [20] ships.  Its 10-epoch lr warm-up is not reproduced.
+features), the code the paper's SupCon reference [20] ships, with its cosine schedule and 10-epoch lr warm-up
+(``SSLCleanseConfig.sgd``).
 """
 from __future__ import annotations
 
@@ -123,14 +124,15 @@ def _views_loss(loss, gen: torch.Generator):
     return two_view_loss(lambda z1, z2, y, idx: loss(z1, z2, y), gen)
 
 
-def train_simclr(ctx: DefenseContext, data: ImageSet, cfg: SSLCleanseConfig) -> _Embedder:
-    """Alg. 1 l.3: learn L(E(.)) on the training images with NT-Xent (Eq. 5); labels are never read."""
+def train_simclr(ctx: DefenseContext, data: ImageSet, cfg: SSLCleanseConfig, on_epoch=None) -> _Embedder:
+    """Alg. 1 l.3: learn L(E(.)) on the training images with NT-Xent (Eq. 5); labels are never read.
+    ``on_epoch(epoch, net)``: ``fit``'s per-epoch hook (benchmarks/ssl_encoder_steps.py reads the encoder there)."""
     backbone = ctx.new_model()
     net = _Embedder(backbone, nn.Linear(backbone.num_features, cfg.proj_dim))
     gen = gen_for_device(ctx.generator("simclr_views"), ctx.device)
     recipe = cfg.sgd(cfg.simclr_lr, cfg.simclr_batch_size, cfg.simclr_epochs)
     return fit(net, data, recipe, device=ctx.device, seed=ctx.seed,
-               loss_fn=_views_loss(lambda z1, z2, y: nt_xent(z1, z2, cfg.simclr_temperature), gen))
+               loss_fn=_views_loss(lambda z1, z2, y: nt_xent(z1, z2, cfg.simclr_temperature), gen), on_epoch=on_epoch)
 
 
 def train_autoencoder(ctx: DefenseContext, data: ImageSet, cfg: SSLCleanseConfig) -> _AutoEncoder:
