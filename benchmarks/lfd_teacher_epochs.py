@@ -26,13 +26,11 @@ import json
 import time
 
 import torch
+from _poisoned import poisoned_cifar10
 
-from bench.attack import CLEAN
-from bench.data.datasets import load_dataset
 from bench.metrics import auroc, below_clean_mean
 from bench.models import create_model
-from bench.registry import ATTACKS, DATASETS
-from bench.train import cpu_threads, fit, predict, seed_everything, stream_seed
+from bench.train import cpu_threads, fit, predict, seed_everything
 from defenses.lfd import LfDConfig, per_sample_loss, threshold
 
 
@@ -48,15 +46,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    opts = {"limit_seed": 0, **({"train_limit": args.train, "test_limit": 2000} if args.train else {})}
-    bundle = load_dataset("cifar10", DATASETS.get("cifar10").parse(opts), args.data_root)
-    spec = json.loads(args.attack)
-    entry = ATTACKS.get(spec.pop("name"))
-    attack = entry.obj(entry.parse(spec), bundle.info(), args.seed)
-    poisoned = attack.poison(bundle.train, torch.Generator().manual_seed(stream_seed(args.seed, "poison")))
-    train = poisoned.apply(bundle.train)
-    is_poison = poisoned.kind != CLEAN
-    target = attack.cfg.target
+    data = poisoned_cifar10(args.data_root, args.train, args.attack, args.seed)
+    bundle, train, is_poison, target = data.bundle, data.train, data.is_poison, data.attack.cfg.target
     other_clean = ~is_poison & (train.labels != target)
     print(f"{len(train)} training images, {int(is_poison.sum())} poisoned; teacher {args.teacher} "
           f"{args.teacher_options}; alpha {args.alpha}")

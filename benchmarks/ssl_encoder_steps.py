@@ -5,8 +5,9 @@ images) and its kNN / Energy filters keep ~89 % of the clean and <= 3 % of the p
 profile caps the encoder at 20 epochs over 20,000 images (400 steps); there the filters keep 39-41 % of the clean
 images.  This script trains the encoder exactly as ``defenses/ssl_cleanse.py`` does (``train_simclr``: its config,
 schedule, views and loss) on seed 002's Table 2 BadNet training set at the mini data scale, and after every
-``--every`` epochs reads the encoder as the defense would (``embed_all``, ``knn_decide`` / ``energy_decide``,
-``cleanse``) and prints, against the poison stage's ground truth (which the defense never sees):
+``--every`` epochs reads the encoder as the defense would (``embed_all``, ``SSLCleanse.decide``, ``cleanse``) and
+prints, against the poison stage's ground truth (which the defense never sees; ``bench.metrics`` as the runner
+stores it):
 
 - ``knn acc``: the encoder's kNN accuracy on the *true* labels (the runner's ``encoder_knn_acc`` health check);
 - for each filter, the share of clean images kept, of poisoned images kept, and of the target class's clean
@@ -27,16 +28,14 @@ import math
 import time
 
 import torch
+from _poisoned import poisoned_cifar10
 
-from bench.attack import CLEAN
-from bench.data.datasets import load_dataset
 from bench.defense import Curves, DefenseContext
-from bench.metrics import knn_health
+from bench.metrics import cleansing_metrics, knn_health
 from bench.models import create_model
 from bench.recipes import Recipe
-from bench.registry import ATTACKS, DATASETS
-from bench.train import cpu_threads, seed_everything, stream_seed
-from defenses.ssl_cleanse import SSLCleanseConfig, cleanse, embed_all, energy_decide, knn_decide, train_simclr
+from bench.train import cpu_threads, seed_everything
+from defenses.ssl_cleanse import SSLCleanse, SSLCleanseConfig, cleanse, embed_all, train_simclr
 
 # seed 002 Table 2's BadNet: a 3x3 noise patch at a random location, 1,000 of 45,000 non-target images (mini: 400).
 TABLE2_BADNET = {"name": "badnets", "target": 0, "pattern": "noise", "size": 3, "position": "random",
@@ -57,43 +56,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    opts = {"limit_seed": 0, **({"train_limit": args.train, "test_limit": 2000} if args.train else {})}
-    bundle = load_dataset("cifar10", DATASETS.get("cifar10").parse(opts), args.data_root)
-    info = bundle.info()
-    spec = json.loads(args.attack)
-    entry = ATTACKS.get(spec.pop("name"))
-    attack = entry.obj(entry.parse(spec), info, args.seed)
-    poisoned = attack.poison(bundle.train, torch.Generator().manual_seed(stream_seed(args.seed, "poison")))
-    train = poisoned.apply(bundle.train)
-    is_poison = poisoned.kind != CLEAN
-    target = attack.cfg.target
-    target_clean = ~is_poison & (train.labels == target)
-    cfg = SSLCleanseConfig(simclr_epochs=args.epochs, simclr_batch_size=args.batch_size)
-    k = max(1, round(len(train) / info.num_classes / 2))               # §3.3, as SSLCleanse.decide
+    data = poisoned_cifar10(args.data_root, args.train, args.attack, args.seed)
+    info, train, target = data.bundle.info(), data.train, data.attack.cfg.target
+    cfg = SSLCleanseConfig(simclr_epochs=args.epochs, simclr_batch_size=args.batch_size, filter="knn_energy")
+    defense = SSLCleanse(cfg)     # its decide(): both filters' decisions and §3.3's k, as the defense runs them
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
-    print(f"{len(train)} training images, {int(is_poison.sum())} poisoned (target {target}); encoder {args.model} "
-          f"{args.model_options}; SimCLR batch {args.batch_size}, {args.epochs} epochs ({steps_per_epoch} steps each), "
-          f"k {k}; paper: 1,000 epochs at batch 1,024 on 50,000 images (~49,000 steps)")
+    print(f"{len(train)} training images, {int(data.is_poison.sum())} poisoned (target {target}); encoder {args.model} "
+          f"{args.model_options}; SimCLR batch {args.batch_size}, {args.epochs} epochs ({steps_per_epoch} steps each); "
+          f"paper: 1,000 epochs at batch 1,024 on 50,000 images (~49,000 steps)")
     print("epoch  steps  knn acc | kNN: clean  poison  target-clean | Energy: clean  poison  target-clean |     s")
 
     device, start = torch.device("cpu"), time.perf_counter()
 
     def kept(flags: torch.Tensor) -> str:
-        keep = ~flags
-        return (f"{keep[~is_poison].float().mean():.3f}  {keep[is_poison].float().mean():.3f}  "
-                f"{keep[target_clean].float().mean():.3f}")
+        m = {x.name: x.value for x in cleansing_metrics(data.kind, train.labels, flags, None, target, info.num_classes)}
+        return f"{m['clean_kept_rate']:.3f}  {m['poison_kept_rate']:.3f}  {m['clean_kept_target']:.3f}"
 
     def on_epoch(epoch: int, net: torch.nn.Module) -> None:
         if (epoch + 1) % args.every and epoch + 1 != args.epochs:
             return
         net.eval()
         z = embed_all(net, train.images, device)
-        health = knn_health(z, bundle.train.labels, k, info.num_classes).value
-        rows = [cleanse(d, train.labels, cfg.relabel_percentile)[0]
-                for d in (knn_decide(z, train.labels, k, info.num_classes),
-                          energy_decide(z, train.labels, info.num_classes, cfg.energy_tau))]
-        print(f"{epoch + 1:5d}  {(epoch + 1) * steps_per_epoch:5d}  {health:.3f}   |       {kept(rows[0])}     |"
-              f"          {kept(rows[1])}     | {time.perf_counter() - start:5.0f}", flush=True)
+        decisions, k = defense.decide(z, train.labels, info.num_classes)
+        health = knn_health(z, data.bundle.train.labels, k, info.num_classes).value
+        knn, energy = (kept(cleanse(decisions[f], train.labels, cfg.relabel_percentile)[0]) for f in ("knn", "energy"))
+        print(f"{epoch + 1:5d}  {(epoch + 1) * steps_per_epoch:5d}  {health:.3f}   |       {knn}     |"
+              f"          {energy}     | {time.perf_counter() - start:5.0f}", flush=True)
 
     def new_model() -> torch.nn.Module:
         return create_model(args.model, info.num_classes, info.in_channels, info.image_size, info.mean, info.std,
